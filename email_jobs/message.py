@@ -1,0 +1,50 @@
+"""What crosses between rendering, the send loop and a delivery backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    campaign: str
+    entity_id: str
+    ledger_key: str  # unique per (campaign, entity, entry instant, step); "" for test sends
+    from_addr: str
+    to: tuple[str, ...]
+    subject: str
+    html: str
+    text: str
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    # Always includes X-Nudge-Campaign and X-Nudge-Entity (and List-Unsubscribe when known).
+    headers: dict[str, str] = field(default_factory=dict)
+    categories: tuple[str, ...] = ()
+    unsubscribe_group_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """One attempt's outcome.
+
+    sent: the provider accepted the message (provider_message_id when it gives one).
+    retryable: try again later (429, 5xx, timeout, dropped connection); retry_after_s when the
+        provider said how long to wait.
+    failed: permanent (400/401/403/413, invalid recipient); error holds the provider's own text.
+    """
+
+    status: Literal["sent", "retryable", "failed"]
+    provider_message_id: str | None = None
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def send(self, email: OutgoingEmail) -> DeliveryResult:
+        """Make one delivery attempt. Must not raise for delivery problems: classify them."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Nudge: behavioral email for API products (plain-Python core: settings, warehouse, ingestion)."""

@@ -1,0 +1,1 @@
+"""Ingestion of the landing folder into the warehouse's `raw` schema."""

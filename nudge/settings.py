@@ -1,0 +1,163 @@
+"""Configuration from environment variables (and an optional `.env`), as the contract lists them.
+
+Validation happens here, before any work starts, so that a bad setting fails with one line that
+names the variable and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Backend = Literal["outbox", "smtp", "sendgrid"]
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names it and says what to do."""
+
+
+class WarehouseUrl:
+    """`duckdb:///path.duckdb` or `postgresql://user[:password]@host[:port]/db`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = urlparse(url)
+        if parsed.scheme == "duckdb":
+            # duckdb:///relative/path.duckdb -> "relative/path.duckdb"; duckdb:////abs -> "/abs"
+            raw = url[len("duckdb:///") :] if url.startswith("duckdb:///") else ""
+            if not raw:
+                raise ConfigError(
+                    f"NUDGE_WAREHOUSE={url!r}: a DuckDB warehouse is written duckdb:///path/to/file.duckdb"
+                )
+            self.kind: Literal["duckdb", "postgres"] = "duckdb"
+            self.path = Path(raw).expanduser().resolve()
+        elif parsed.scheme in ("postgresql", "postgres"):
+            if not parsed.hostname or not parsed.path.strip("/"):
+                raise ConfigError(
+                    f"NUDGE_WAREHOUSE={url!r}: a Postgres warehouse is written "
+                    "postgresql://user@host:port/database"
+                )
+            self.kind = "postgres"
+            self.host = parsed.hostname
+            self.port = parsed.port or 5432
+            self.user = unquote(parsed.username or "postgres")
+            self.password = unquote(parsed.password or "")
+            self.database = parsed.path.strip("/")
+        else:
+            raise ConfigError(
+                f"NUDGE_WAREHOUSE={url!r}: unknown scheme {parsed.scheme!r}; use "
+                "duckdb:///path.duckdb or postgresql://user@host:port/db"
+            )
+
+    def __repr__(self) -> str:
+        return f"WarehouseUrl({self.kind})"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NUDGE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    landing_dir: Path = Path("data/landing")
+    warehouse: str = "duckdb:///data/warehouse.duckdb"
+    email_backend: str = "outbox"
+    outbox_dir: Path = Path("data/outbox")
+
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+
+    sendgrid_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SENDGRID_API_KEY", "sendgrid_api_key")
+    )
+    sendgrid_host: str | None = None
+    sendgrid_sandbox: bool = False
+
+    from_email: str = "nudge@localhost"
+    dagster_home: Path = Field(
+        default=Path("data/dagster_home"),
+        validation_alias=AliasChoices("DAGSTER_HOME", "dagster_home"),
+    )
+
+    # Guards (contract, section "Guards").
+    max_send_lag_days: float = 2
+    freshness_hours: float = 48
+    min_day_volume_share: float = 0.1
+    max_rejected_share: float = 0.01
+    max_sends_per_evaluation: int = 500
+    max_entry_share: float = 0.5
+
+    # Operational knobs beyond the contract.
+    duckdb_memory_limit: str = "2GB"
+    daily_cron: str = "0 6 * * *"
+    send_concurrency: int = 8
+    unsubscribe_url: str = "https://example.com/unsubscribe?c={campaign}&e={entity}"
+
+    @field_validator("email_backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in ("outbox", "smtp", "sendgrid"):
+            raise ValueError(f"unknown backend {v!r}; use outbox, smtp or sendgrid")
+        return v
+
+    @cached_property
+    def warehouse_url(self) -> WarehouseUrl:
+        return WarehouseUrl(self.warehouse)
+
+    def check(self) -> Settings:
+        """Raise ConfigError for settings that cannot work, before any work starts."""
+        _ = self.warehouse_url
+        if self.email_backend == "sendgrid" and not self.sendgrid_api_key:
+            raise ConfigError(
+                "NUDGE_EMAIL_BACKEND=sendgrid needs SENDGRID_API_KEY: create an API key with "
+                "Mail Send permission in SendGrid and set it"
+            )
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment; a validation error becomes a one-line ConfigError."""
+    try:
+        return Settings(**overrides).check()  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        env = field.upper() if field.isupper() else f"NUDGE_{field.upper()}"
+        if field in ("sendgrid_api_key",):
+            env = "SENDGRID_API_KEY"
+        if field == "dagster_home":
+            env = "DAGSTER_HOME"
+        raise ConfigError(f"{env}: {err['msg']}") from None
+
+
+def export_runtime_env(settings: Settings) -> None:
+    """Make the resolved settings visible to child processes (dbt, Dagster code servers)."""
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home.resolve()))
+    os.environ.update(dbt_env(settings))
+
+
+def dbt_env(settings: Settings) -> dict[str, str]:
+    """The variables dbt_project/profiles.yml reads, derived from NUDGE_WAREHOUSE."""
+    wh = settings.warehouse_url
+    if wh.kind == "duckdb":
+        return {
+            "NUDGE_DBT_TARGET": "duckdb",
+            "NUDGE_DBT_DUCKDB_PATH": str(wh.path),
+            "NUDGE_DBT_MEMORY_LIMIT": settings.duckdb_memory_limit,
+        }
+    return {
+        "NUDGE_DBT_TARGET": "postgres",
+        "NUDGE_DBT_PG_HOST": wh.host,
+        "NUDGE_DBT_PG_PORT": str(wh.port),
+        "NUDGE_DBT_PG_USER": wh.user,
+        "NUDGE_DBT_PG_PASSWORD": wh.password,
+        "NUDGE_DBT_PG_DATABASE": wh.database,
+    }

@@ -1,0 +1,181 @@
+"""One way into the warehouse, DuckDB or Postgres, for ingestion and the email jobs.
+
+SQL passed to `Warehouse.execute` uses `?` placeholders and portable SQL; for Postgres the
+placeholders become `%s`. DuckDB allows one writing process per file, so every connection to a
+DuckDB warehouse holds an exclusive file lock (`<file>.lock`) for its lifetime: other processes
+wait for it instead of failing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nudge.settings import ConfigError, Settings, WarehouseUrl
+
+log = logging.getLogger(__name__)
+
+
+class Warehouse:
+    """A connection to the warehouse with a small portable API."""
+
+    def __init__(self, url: WarehouseUrl, conn: Any, memory_limit: str | None = None) -> None:
+        self.url = url
+        self.kind = url.kind
+        self.conn = conn
+
+    # -- portable execution -------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        if self.kind == "postgres":
+            return sql.replace("%", "%%").replace("?", "%s")
+        return sql
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        if self.kind == "duckdb":
+            return self.conn.execute(sql, params or [])
+        cur = self.conn.cursor()
+        cur.execute(self._sql(sql), tuple(params or ()))
+        return cur
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self.kind == "duckdb":
+            self.conn.executemany(sql, rows)
+        else:
+            from psycopg2.extras import execute_batch
+
+            with self.conn.cursor() as cur:
+                execute_batch(cur, self._sql(sql), rows, page_size=500)
+
+    def fetchall(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        return self.execute(sql, params).fetchall()
+
+    def fetchone(self, sql: str, params: Sequence[Any] | None = None) -> tuple | None:
+        return self.execute(sql, params).fetchone()
+
+    def fetchdicts(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        cur = self.execute(sql, params)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def commit(self) -> None:
+        if self.kind == "postgres":
+            self.conn.commit()
+
+    def rollback(self) -> None:
+        if self.kind == "postgres":
+            self.conn.rollback()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Warehouse]:
+        """A committed unit of work: all of it lands, or none of it."""
+        if self.kind == "duckdb":
+            self.conn.execute("begin transaction")
+            try:
+                yield self
+            except BaseException:
+                self.conn.execute("rollback")
+                raise
+            self.conn.execute("commit")
+        else:
+            try:
+                yield self
+            except BaseException:
+                self.conn.rollback()
+                raise
+            self.conn.commit()
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        row = self.fetchone(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+            [schema, table],
+        )
+        return bool(row and row[0])
+
+    def relation(self, relation_name: str) -> str:
+        """A dbt `relation_name` ("db"."schema"."table") usable on this connection."""
+        if self.kind == "duckdb":
+            # The DuckDB file is attached under its own name; drop the database part so that
+            # a renamed or copied warehouse file still resolves.
+            parts = relation_name.split(".")
+            return ".".join(parts[-2:])
+        parts = relation_name.split(".")
+        return ".".join(parts[-2:])
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+@contextmanager
+def duckdb_file_lock(path: Path, timeout_s: float = 3600) -> Iterator[None]:
+    """Hold the warehouse's writer lock; waits for other Nudge processes to finish."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = _lock_path(path).open("a+")
+    deadline = time.monotonic() + timeout_s
+    waited = False
+    try:
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("waiting for another Nudge process to release %s", path)
+                    waited = True
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"warehouse {path} stayed locked for {timeout_s:.0f}s")
+                time.sleep(0.2)
+        yield
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        lock_file.close()
+
+
+@contextmanager
+def connect(settings: Settings, *, read_only: bool = False) -> Iterator[Warehouse]:
+    """Open the configured warehouse (holding the DuckDB writer lock while open)."""
+    url = settings.warehouse_url
+    if url.kind == "duckdb":
+        import duckdb
+
+        with duckdb_file_lock(url.path):
+            conn = duckdb.connect(
+                str(url.path),
+                config={
+                    "memory_limit": settings.duckdb_memory_limit,
+                    "preserve_insertion_order": False,
+                },
+            )
+            try:
+                yield Warehouse(url, conn)
+            finally:
+                conn.close()
+    else:
+        import psycopg2
+
+        try:
+            conn = psycopg2.connect(
+                host=url.host,
+                port=url.port,
+                user=url.user,
+                password=url.password or None,
+                dbname=url.database,
+                connect_timeout=10,
+            )
+        except psycopg2.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ConfigError(
+                f"NUDGE_WAREHOUSE: cannot reach Postgres at {url.host}:{url.port}/{url.database} "
+                f"({first}); check that the server runs and the URL is right"
+            ) from None
+        try:
+            yield Warehouse(url, conn)
+        finally:
+            conn.close()
