@@ -93,7 +93,8 @@ class Warehouse:
 
     def table_exists(self, schema: str, table: str) -> bool:
         row = self.fetchone(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+            "select count(*) from information_schema.tables "
+            "where table_schema = ? and table_name = ?",
             [schema, table],
         )
         return bool(row and row[0])
@@ -179,3 +180,17 @@ def connect(settings: Settings, *, read_only: bool = False) -> Iterator[Warehous
             yield Warehouse(url, conn)
         finally:
             conn.close()
+
+
+@contextmanager
+def writer_lock(settings: Settings) -> Iterator[None]:
+    """Serialize writers of a DuckDB warehouse (one writing process per file); no-op on Postgres.
+
+    Held around work that opens the file from another process, such as a dbt invocation.
+    """
+    url = settings.warehouse_url
+    if url.kind == "duckdb":
+        with duckdb_file_lock(url.path):
+            yield
+    else:
+        yield

@@ -1,0 +1,46 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-fast lint bench lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Nudge needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/dbt parse --quiet --project-dir dbt_project --profiles-dir dbt_project
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/nudge demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not integration and not postgres and not browser"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# Re-resolve the pinned direct dependencies and write the full locked set.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# Locked dependency set (pip freeze of a clean install of pyproject's pins + dev extras)."; \
+	  echo "# Regenerate: make lock"; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -vi '^nudge=='; } > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) data dbt_project/target dbt_project/logs

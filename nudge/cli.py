@@ -1,0 +1,253 @@
+"""The `nudge` command (contract: "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from nudge.settings import ConfigError, Settings, export_runtime_env, load_settings
+
+log = logging.getLogger("nudge")
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, exit status 2."""
+
+
+# -- shared setup -----------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    export_runtime_env(settings)
+    return settings
+
+
+def _prepare_pipeline(settings: Settings) -> None:
+    """Everything a Dagster run needs: the instance folder and a current dbt manifest."""
+    from nudge.manifest import ensure_manifest
+    from nudge.preflight import check_ready
+    from nudge.runner import ensure_dagster_home
+
+    check_ready(settings)
+    ensure_dagster_home(settings)
+    ensure_manifest()
+
+
+def _instance():
+    import dagster as dg
+
+    return dg.DagsterInstance.get()
+
+
+def _campaign(name: str):
+    from nudge.runner import definitions  # noqa: F401 - validates the code location loads
+    from orchestration.defs.email.campaigns import manifest_campaigns
+
+    campaigns = {c.name: c for c in manifest_campaigns()}
+    if name not in campaigns:
+        known = ", ".join(sorted(campaigns)) or "none"
+        raise UserError(f"unknown campaign {name!r}; campaigns: {known}")
+    return campaigns[name]
+
+
+def _report(outcomes: Sequence) -> int:
+    failed = [o for o in outcomes if not o.success]
+    for o in failed:
+        print(f"nudge: {o.job} failed (run {o.run_id}): {o.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nudge.asof import parse_as_of, to_iso
+    from nudge.runner import run_evaluation
+
+    settings = _settings()
+    end = parse_as_of(args.as_of)
+    _prepare_pipeline(settings)
+    outcomes = run_evaluation(end, _instance())
+    code = _report(outcomes)
+    if code == 0:
+        from nudge.summary import evaluation_lines
+
+        for line in evaluation_lines(settings, end):
+            print(line)
+        print(f"evaluated at {to_iso(end)}; runs: {', '.join(o.run_id for o in outcomes)}")
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nudge.demo import run_demo
+
+    return run_demo(days=args.days, users=args.users, events_per_day=args.events_per_day)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _prepare_pipeline(settings)
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    dagster = Path(sys.executable).parent / "dagster"
+    argv = [str(dagster), "dev", "-w", str(workspace), "--port", str(args.port)]
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from nudge.generate import generate
+
+    report = generate(
+        Path(args.out),
+        users=args.users,
+        days=args.days,
+        events_per_day=args.events_per_day,
+        seed=args.seed,
+    )
+    print(report.describe() if hasattr(report, "describe") else report)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from email_jobs.status import collect_status
+
+    from nudge.warehouse import connect
+
+    settings = _settings()
+    from nudge.manifest import ensure_manifest
+
+    ensure_manifest()
+    from orchestration.defs.email.campaigns import manifest_campaigns
+
+    with connect(settings) as wh:
+        status = collect_status(wh, manifest_campaigns())
+    if args.json:
+        print(json.dumps(status, default=str))
+        return 0
+    from nudge.summary import format_status
+
+    print(format_status(status))
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from nudge.preview import preview
+
+    settings = _settings()
+    _prepare_pipeline(settings)
+    paths = preview(settings, _campaign(args.campaign), args.entity, args.as_of, Path(args.out))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_test_send(args: argparse.Namespace) -> int:
+    from nudge.preview import test_send
+
+    settings = _settings()
+    _prepare_pipeline(settings)
+    result = test_send(settings, _campaign(args.campaign), args.to, args.entity)
+    if result.status != "sent":
+        print(f"nudge: test send {result.status}: {result.error}", file=sys.stderr)
+        return 1
+    print(f"sent to {args.to} (provider id {result.provider_message_id})")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from email_jobs.send import release
+
+    from nudge.runner import run_sends
+    from nudge.warehouse import connect
+
+    settings = _settings()
+    _prepare_pipeline(settings)
+    campaign = _campaign(args.campaign)
+    with connect(settings) as wh:
+        released = release(wh, campaign, include_unknown=args.unknown)
+    print(f"released {released} entr{'y' if released == 1 else 'ies'} of {campaign.name}")
+    outcome = run_sends(_instance(), campaign.name)
+    return _report([outcome])
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nudge",
+        description="Behavioral email for API products: Moesif dumps -> dbt cohorts -> emails.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("demo", cmd_demo, "generate demo dumps and run the pipeline day by day")
+    sp.add_argument("--days", type=int, default=35)
+    sp.add_argument("--users", type=int, default=160)
+    sp.add_argument("--events-per-day", type=int, default=6000)
+
+    sp = add("run", cmd_run, "one evaluation: ingest, build, evaluate, send")
+    sp.add_argument("--as-of", help="DATE (end of that UTC day) or an ISO datetime; default now")
+
+    sp = add("ui", cmd_ui, "the Dagster UI (webserver and daemon) on workspace.yaml")
+    sp.add_argument("--port", type=int, default=3000)
+
+    sp = add("preview", cmd_preview, "render a member's email (HTML and text) without sending")
+    sp.add_argument("campaign")
+    sp.add_argument("--entity", required=True, help="the member's user_id or company_id")
+    sp.add_argument("--as-of", help="evaluate the cohort at this instant first")
+    sp.add_argument("--out", default="data/preview", help="folder for the rendered files")
+
+    sp = add("test-send", cmd_test_send, "send one rendered example outside the ledger")
+    sp.add_argument("campaign")
+    sp.add_argument("--to", required=True)
+    sp.add_argument("--entity", help="render for this member (default: the first member)")
+
+    sp = add("generate", cmd_generate, "write synthetic Moesif dumps in the landing layout")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--users", type=int, default=200)
+    sp.add_argument("--days", type=int, default=35)
+    sp.add_argument("--events-per-day", type=int, default=4000)
+    sp.add_argument("--seed", type=int, default=7)
+
+    sp = add("release", cmd_release, "send a campaign's held entries (and unknown ones)")
+    sp.add_argument("campaign")
+    sp.add_argument("--unknown", action="store_true", help="also resend entries in state unknown")
+
+    sp = add(
+        "status", cmd_status, "campaigns, cohort sizes, last evaluation, ledger and ingest counts"
+    )
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.fn(args)
+    except (ConfigError, UserError, ValueError) as exc:
+        print(f"nudge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

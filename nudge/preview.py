@@ -1,0 +1,107 @@
+"""`nudge preview` and `nudge test-send`: a member's email, rendered from the cohort row."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from email_jobs.campaigns import Campaign
+from email_jobs.message import DeliveryResult
+from nudge.asof import parse_as_of, to_iso
+from nudge.manifest import DBT_PROJECT_DIR, dbt_executable
+from nudge.settings import ConfigError, Settings
+from nudge.warehouse import connect, writer_lock
+
+
+def _build_cohort(settings: Settings, campaign: Campaign, as_of: str) -> None:
+    """Rebuild just the cohort model at another instant (its marts stay as they are)."""
+    end = parse_as_of(as_of)
+    with writer_lock(settings):
+        proc = subprocess.run(
+            [
+                dbt_executable(),
+                "run",
+                "--quiet",
+                "--select",
+                campaign.cohort,
+                "--project-dir",
+                str(DBT_PROJECT_DIR),
+                "--profiles-dir",
+                str(DBT_PROJECT_DIR),
+                "--vars",
+                json.dumps({"nudge_as_of": to_iso(end)}),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"dbt run of {campaign.cohort} failed:\n{proc.stdout[-2000:]}")
+
+
+def member_row(settings: Settings, campaign: Campaign, entity: str | None) -> dict[str, Any]:
+    with connect(settings) as wh:
+        rel = wh.relation(campaign.relation_name)
+        schema, table = (p.strip('"') for p in rel.split(".")[-2:])
+        if not wh.table_exists(schema, table):
+            raise ConfigError(
+                f"cohort {campaign.cohort} has not been built yet; run `nudge run` first"
+            )
+        if entity is None:
+            rows = wh.fetchdicts(f"select * from {rel} order by entity_id limit 1")
+        else:
+            rows = wh.fetchdicts(f"select * from {rel} where entity_id = ?", [entity])
+        if rows:
+            return rows[0]
+        if entity is not None and wh.table_exists("nudge", "send_ledger"):
+            # Not a member now: fall back to the row as it was when the entity last entered.
+            stored = wh.fetchone(
+                "select payload from nudge.send_ledger where campaign = ? and entity_id = ? "
+                "order by entry_as_of desc limit 1",
+                [campaign.name, entity],
+            )
+            if stored:
+                return json.loads(stored[0])
+    who = f"entity {entity!r} is not a member of" if entity else "no member in"
+    raise ConfigError(f"{who} {campaign.cohort}; try another --entity or --as-of")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100] or "_"
+
+
+def preview(
+    settings: Settings, campaign: Campaign, entity: str, as_of: str | None, out_dir: Path
+) -> list[Path]:
+    from email_jobs.render import render_parts
+
+    if as_of:
+        _build_cohort(settings, campaign, as_of)
+    row = member_row(settings, campaign, entity)
+    subject, html, text = render_parts(campaign, row, settings)
+    folder = out_dir / campaign.name
+    folder.mkdir(parents=True, exist_ok=True)
+    html_path, text_path = folder / f"{_safe(entity)}.html", folder / f"{_safe(entity)}.txt"
+    html_path.write_text(html, encoding="utf-8")
+    text_path.write_text(f"Subject: {subject}\n\n{text}", encoding="utf-8")
+    return [html_path, text_path]
+
+
+def test_send(
+    settings: Settings, campaign: Campaign, to: str, entity: str | None
+) -> DeliveryResult:
+    from email_jobs.backends import make_backend
+    from email_jobs.render import render_email
+
+    row = dict(member_row(settings, campaign, entity))
+    row.update(email=to, cc=None, bcc=None)  # a test goes to the tester only
+    email = render_email(replace(campaign, cc=(), bcc=()), row, settings, ledger_key="")
+    backend = make_backend(settings)
+    try:
+        return backend.send(email)
+    finally:
+        backend.close()

@@ -1,0 +1,73 @@
+"""Human-readable lines for `nudge run`, `nudge demo` and `nudge status`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from nudge.settings import Settings
+from nudge.warehouse import connect
+
+
+def evaluation_rows(settings: Settings, end: datetime) -> list[dict[str, Any]]:
+    """Per campaign at instant `end`: members, entered, exited, and ledger states of its entries."""
+    with connect(settings) as wh:
+        if not wh.table_exists("nudge", "evaluations"):
+            return []
+        evaluations = wh.fetchdicts(
+            "select campaign, cohort, kind, members, entered, exited, guard_reasons "
+            "from nudge.evaluations where as_of = ? order by campaign",
+            [end],
+        )
+        states = wh.fetchall(
+            "select campaign, state, count(*) from nudge.send_ledger where entry_as_of = ? "
+            "group by campaign, state",
+            [end],
+        )
+    by_campaign: dict[str, dict[str, int]] = {}
+    for campaign, state, n in states:
+        by_campaign.setdefault(campaign, {})[state] = int(n)
+    for row in evaluations:
+        row["states"] = by_campaign.get(row["campaign"], {})
+    return evaluations
+
+
+def evaluation_lines(settings: Settings, end: datetime) -> list[str]:
+    lines = []
+    for r in evaluation_rows(settings, end):
+        states = r["states"]
+        state_text = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no emails"
+        kind = " (baseline)" if r["kind"] == "baseline" else ""
+        lines.append(
+            f"  {r['campaign']:<24} members {r['members']:>5}  entered {r['entered']:>4}  "
+            f"exited {r['exited']:>4}{kind}  -> {state_text}"
+        )
+        if r.get("guard_reasons"):
+            lines.append(f"  {'':<24} guards: {r['guard_reasons']}")
+    return lines
+
+
+def format_status(status: dict[str, Any]) -> str:
+    ing = status.get("ingest", {})
+    out = [
+        "ingest: {files} files, {lines_read} lines read, {events_loaded} events loaded, "
+        "{duplicates} duplicates, {rejected} rejected".format(
+            **{
+                k: ing.get(k, 0)
+                for k in ("files", "lines_read", "events_loaded", "duplicates", "rejected")
+            }
+        )
+    ]
+    for c in status.get("campaigns", []):
+        sends = ", ".join(f"{n} {s}" for s, n in c.get("sends", {}).items())
+        out.append(
+            f"{c['campaign']} ({c['cohort']}): {c.get('members', 0)} members at "
+            f"{c.get('last_evaluation') or 'never evaluated'}; sends: {sends}"
+        )
+    failure = status.get("last_failure")
+    if failure:
+        out.append(
+            f"last failed run: {failure['job']} {failure['run_id']} at {failure['failed_at']}: "
+            f"{failure['message']}"
+        )
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Nudge's Dagster code location: wiring only, no business logic."""

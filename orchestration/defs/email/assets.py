@@ -1,0 +1,158 @@
+"""Per campaign: the cohort evaluation (membership, diff, guards -> ledger) and the sends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import get_asset_key_for_model
+from email_jobs.evaluate import EvaluationDeferred, compute_guard_inputs, evaluate_campaign
+from email_jobs.send import send_campaign
+
+from email_jobs.backends import make_backend
+from email_jobs.campaigns import Campaign
+from orchestration.defs.email.campaigns import manifest_campaigns
+from orchestration.defs.runtime.instant import evaluation_instant
+from orchestration.defs.runtime.resources import NudgeResource
+from orchestration.defs.transform.assets import nudge_dbt_models
+
+OWNERS = ["team:crm"]
+
+
+def evaluation_key(campaign: Campaign) -> dg.AssetKey:
+    return dg.AssetKey(["evaluations", campaign.name])
+
+
+def sends_key(campaign: Campaign) -> dg.AssetKey:
+    return dg.AssetKey(["sends", campaign.name])
+
+
+def _selected(
+    context: dg.AssetExecutionContext, campaigns: list[Campaign], key_fn: Any
+) -> list[Campaign]:
+    return [c for c in campaigns if key_fn(c) in context.selected_asset_keys]
+
+
+def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        name="cohort_evaluations",
+        specs=[
+            dg.AssetSpec(
+                evaluation_key(c),
+                deps=[get_asset_key_for_model([nudge_dbt_models], c.cohort)],
+                group_name="email",
+                owners=OWNERS,
+                description=(
+                    f"Membership of {c.cohort} at each evaluation, diffed against the previous "
+                    "one; "
+                    f"entries go to the send ledger for campaign {c.name}."
+                ),
+                skippable=True,
+            )
+            for c in campaigns
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "guards",
+                asset=evaluation_key(c),
+                description="Fails when a guard held, skipped or deferred this evaluation's sends.",
+            )
+            for c in campaigns
+        ],
+        can_subset=True,
+    )
+    def cohort_evaluations(
+        context: dg.AssetExecutionContext, nudge: NudgeResource
+    ) -> Iterator[Any]:
+        end = evaluation_instant(context)
+        settings = nudge.settings()
+        selected = _selected(context, campaigns, evaluation_key)
+        with nudge.warehouse() as wh:
+            try:
+                guard_inputs = compute_guard_inputs(wh, end, settings, run_id=context.run_id)
+            except EvaluationDeferred as deferred:
+                for c in selected:
+                    yield dg.AssetCheckResult(
+                        asset_key=evaluation_key(c),
+                        check_name="guards",
+                        passed=False,
+                        description=f"Evaluation deferred: {deferred}",
+                    )
+                raise dg.Failure(
+                    description=f"Evaluation at {end:%Y-%m-%d %H:%M}Z deferred: {deferred}"
+                )
+            for c in selected:
+                result = evaluate_campaign(
+                    wh, c, end, settings, context.run_id, guard_inputs=guard_inputs
+                )
+                context.log.info(result.summary())
+                yield dg.MaterializeResult(asset_key=evaluation_key(c), metadata=result.metadata())
+                yield dg.AssetCheckResult(
+                    asset_key=evaluation_key(c),
+                    check_name="guards",
+                    passed=not result.guard_reasons,
+                    description="; ".join(result.guard_reasons) or "No guard fired.",
+                )
+
+    return cohort_evaluations
+
+
+def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        name="campaign_sends",
+        specs=[
+            dg.AssetSpec(
+                sends_key(c),
+                deps=[evaluation_key(c)],
+                group_name="email",
+                owners=OWNERS,
+                description=(
+                    f"Emails of campaign {c.name} (template {c.template}), delivered from the ledger."
+                ),
+                skippable=True,
+            )
+            for c in campaigns
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "no_unknown_sends",
+                asset=sends_key(c),
+                description="Fails while ledger rows are `unknown` (a run died between claim and "
+                "record); `nudge release CAMPAIGN --unknown` resends them.",
+            )
+            for c in campaigns
+        ],
+        can_subset=True,
+    )
+    def campaign_sends(context: dg.AssetExecutionContext, nudge: NudgeResource) -> Iterator[Any]:
+        settings = nudge.settings()
+        backend = make_backend(settings)
+        try:
+            for c in _selected(context, campaigns, sends_key):
+                report = send_campaign(nudge.warehouse, c, backend, settings, context.run_id)
+                context.log.info(report.summary())
+                yield dg.MaterializeResult(asset_key=sends_key(c), metadata=report.metadata())
+                yield dg.AssetCheckResult(
+                    asset_key=sends_key(c),
+                    check_name="no_unknown_sends",
+                    passed=report.unknown == 0,
+                    description=(
+                        f"{report.unknown} send(s) in state unknown: run `nudge release {c.name} "
+                        "--unknown` after checking the provider's activity log."
+                        if report.unknown
+                        else "No unknown sends."
+                    ),
+                )
+        finally:
+            backend.close()
+
+    return campaign_sends
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    campaigns = manifest_campaigns()
+    if not campaigns:
+        return dg.Definitions()
+    return dg.Definitions(assets=[build_evaluations(campaigns), build_sends(campaigns)])

@@ -1,0 +1,30 @@
+"""The two jobs: evaluate (ingest -> dbt -> cohort evaluations) and send (ledger -> email)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+# One writer at a time on a DuckDB warehouse: steps run in the run's own process, one after the
+# other, and the instance's run queue limits runs tagged as writers (see dagster.yaml).
+WRITER_TAGS = {"nudge/warehouse_writer": "true"}
+
+evaluate_job = dg.define_asset_job(
+    "nudge_evaluate",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.key_prefixes(["sends"]),
+    description="Ingest new dump files, build the dbt models and evaluate every campaign's cohort.",
+    executor_def=dg.in_process_executor,
+    tags=WRITER_TAGS,
+)
+
+send_job = dg.define_asset_job(
+    "nudge_send",
+    selection=dg.AssetSelection.key_prefixes(["sends"]),
+    description="Deliver the pending entries of every campaign's send ledger.",
+    executor_def=dg.in_process_executor,
+    tags=WRITER_TAGS,
+)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(jobs=[evaluate_job, send_job])
