@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,3 +29,175 @@ class Campaign:
     description: str = ""
     dbt_unique_id: str = ""
     extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+ENTITIES = ("user", "company")
+REQUIRED_COLUMNS = ("entity_id", "email")
+ON_UNKNOWN = ("hold", "resend")
+# Keys of a campaign entry with a meaning here; any other key is kept in Campaign.extra.
+KNOWN_KEYS = frozenset({
+    "name", "template", "cooldown_days", "baseline_first_run", "max_sends_per_evaluation",
+    "max_entry_share", "cc", "bcc", "unsubscribe_group_id", "on_unknown", "description",
+})
+
+
+class CampaignError(Exception):
+    """A cohort's `meta.nudge` block is wrong; the message names the model, its file and what."""
+
+
+def _nudge_meta(node: dict[str, Any]) -> Any:
+    config_meta = (node.get("config") or {}).get("meta") or {}
+    if "nudge" in config_meta:
+        return config_meta["nudge"]
+    return (node.get("meta") or {}).get("nudge")
+
+
+def _where(node: dict[str, Any]) -> str:
+    path = node.get("patch_path") or node.get("original_file_path") or ""
+    path = path.split("://", 1)[-1]
+    return f"model {node.get('name')!r}" + (f" ({path})" if path else "")
+
+
+def _number(value: Any, key: str, where: str, *, integer: bool = False,
+            minimum: float = 0, maximum: float | None = None) -> Any:
+    # bool is an int in Python; `cooldown_days: true` is a typo, not 1.
+    ok_types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        kind = "a whole number" if integer else "a number"
+        raise CampaignError(f"{where}: {key} must be {kind}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
+        raise CampaignError(f"{where}: {key} must be {bound}, got {value!r}")
+    return value
+
+
+def _addresses(value: Any, key: str, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CampaignError(f"{where}: {key} must be an address or a list of addresses")
+    return tuple(v.strip() for v in value if v.strip())
+
+
+def _campaign(node: dict[str, Any], entity: str, columns: tuple[str, ...], entry: Any,
+              where: str) -> Campaign:
+    if not isinstance(entry, dict):
+        raise CampaignError(f"{where}: each entry of meta.nudge.campaigns must be a mapping")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise CampaignError(f"{where}: a campaign has no name (meta.nudge.campaigns[].name)")
+    if "|" in name or "@" in name:
+        raise CampaignError(f"{where}: campaign name {name!r} may not contain '|' or '@'")
+    where = f"{where}, campaign {name!r}"
+    template = entry.get("template", name)
+    if not isinstance(template, str) or not template.strip():
+        raise CampaignError(f"{where}: template must be a folder name, got {template!r}")
+    baseline = entry.get("baseline_first_run", True)
+    if not isinstance(baseline, bool):
+        raise CampaignError(f"{where}: baseline_first_run must be true or false, got {baseline!r}")
+    on_unknown = entry.get("on_unknown", "hold")
+    if on_unknown not in ON_UNKNOWN:
+        raise CampaignError(f"{where}: on_unknown must be 'hold' or 'resend', got {on_unknown!r}")
+    max_sends = entry.get("max_sends_per_evaluation")
+    max_share = entry.get("max_entry_share")
+    group = entry.get("unsubscribe_group_id")
+    description = entry.get("description", node.get("description") or "")
+    return Campaign(
+        name=name,
+        cohort=node["name"],
+        relation_name=node["relation_name"],
+        entity=entity,  # type: ignore[arg-type]
+        template=template,
+        cooldown_days=_number(entry.get("cooldown_days", 30), "cooldown_days", where),
+        baseline_first_run=baseline,
+        max_sends_per_evaluation=None if max_sends is None else _number(
+            max_sends, "max_sends_per_evaluation", where, integer=True),
+        max_entry_share=None if max_share is None else _number(
+            max_share, "max_entry_share", where, maximum=1),
+        cc=_addresses(entry.get("cc"), "cc", where),
+        bcc=_addresses(entry.get("bcc"), "bcc", where),
+        unsubscribe_group_id=None if group is None else _number(
+            group, "unsubscribe_group_id", where, integer=True),
+        on_unknown=on_unknown,
+        columns=columns,
+        description=str(description),
+        dbt_unique_id=node.get("unique_id", ""),
+        extra={k: v for k, v in entry.items() if k not in KNOWN_KEYS},
+    )
+
+
+def _check_template(campaign: Campaign, templates_dir: Path | None, where: str) -> None:
+    # Imported here: render imports this module for the Campaign type.
+    from email_jobs import render
+
+    where = f"{where}, campaign {campaign.name!r}"
+    try:
+        render.check_template(campaign, templates_dir)
+        missing = render.missing_columns(campaign.template, campaign.columns, templates_dir)
+    except render.TemplateError as exc:
+        raise CampaignError(f"{where}: {exc}") from None
+    if missing:
+        raise CampaignError(
+            f"{where}: template {campaign.template!r} uses {', '.join(sorted(missing))}, which "
+            f"the model does not declare among its columns ({', '.join(campaign.columns)})"
+        )
+
+
+def campaigns_of_node(node: dict[str, Any], templates_dir: Path | None = None) -> list[Campaign]:
+    """The campaigns one manifest node declares ([] when it has no meta.nudge)."""
+    meta = _nudge_meta(node)
+    if meta is None:
+        return []
+    where = _where(node)
+    if not isinstance(meta, dict):
+        raise CampaignError(f"{where}: meta.nudge must be a mapping")
+    entity = meta.get("entity")
+    if entity not in ENTITIES:
+        raise CampaignError(
+            f"{where}: meta.nudge.entity must be 'user' or 'company', got {entity!r}"
+        )
+    if not node.get("relation_name"):
+        raise CampaignError(
+            f"{where}: has no relation_name; a cohort must be materialized as a table or view"
+        )
+    columns = tuple((node.get("columns") or {}).keys())
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise CampaignError(
+            f"{where}: the yml must declare the column(s) {', '.join(missing)} "
+            f"(declared: {', '.join(columns) or 'none'})"
+        )
+    entries = meta.get("campaigns")
+    if not isinstance(entries, list) or not entries:
+        raise CampaignError(f"{where}: meta.nudge.campaigns must be a non-empty list")
+    campaigns = [_campaign(node, entity, columns, entry, where) for entry in entries]
+    for campaign in campaigns:
+        _check_template(campaign, templates_dir, where)
+    return campaigns
+
+
+def load_campaigns(manifest: dict[str, Any], templates_dir: Path | None = None) -> list[Campaign]:
+    """Every campaign declared by a model's `config.meta.nudge` (or top-level `meta.nudge`) in
+    a dbt manifest.json, ordered by cohort then declaration. Raises CampaignError."""
+    nodes = manifest.get("nodes")
+    if not isinstance(nodes, dict):
+        raise CampaignError("dbt manifest has no 'nodes': is it a manifest.json?")
+    campaigns: list[Campaign] = []
+    seen: dict[str, str] = {}
+    for node in sorted(nodes.values(), key=lambda n: (n.get("name") or "", n.get("unique_id", ""))):
+        if node.get("resource_type") != "model":
+            continue
+        for campaign in campaigns_of_node(node, templates_dir):
+            if campaign.name in seen:
+                raise CampaignError(
+                    f"{_where(node)}: campaign name {campaign.name!r} is already used by model "
+                    f"{seen[campaign.name]!r}; campaign names must be unique"
+                )
+            seen[campaign.name] = campaign.cohort
+            campaigns.append(campaign)
+    log.info("loaded %d campaign(s) from the dbt manifest", len(campaigns))
+    return campaigns

@@ -1,4 +1,4 @@
-"""The code location
+"""The code location.
 
 Loaded by workspace.yaml and by `dagster api grpc -m orchestration.definitions`."""
 

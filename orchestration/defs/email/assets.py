@@ -108,7 +108,7 @@ def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                 group_name="email",
                 owners=OWNERS,
                 description=(
-                    f"Emails of campaign {c.name} (template {c.template}), delivered from the ledger."
+                    f"Emails of campaign {c.name} (template {c.template}), from the ledger."
                 ),
                 skippable=True,
             )
