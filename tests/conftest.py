@@ -1,0 +1,57 @@
+"""Shared fixtures: a Postgres server (skipped off CI when absent), a current dbt manifest."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+def _postgres_up() -> bool:
+    try:
+        with socket.create_connection((PG_HOST, PG_PORT), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_postgres() -> None:
+    """Skip with the reason on a machine without Postgres; on CI (CI=true) that is a failure."""
+    if _postgres_up():
+        return
+    reason = f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}, and CI=true: CI must run the Postgres tests")
+    pytest.skip(f"{reason} (start it with pg_ctlcluster ... main start)")
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh, uniquely named Postgres database; yields its URL and drops it afterwards."""
+    require_postgres()
+    import psycopg2
+
+    name = f"nudge_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'create database "{name}"')
+    try:
+        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def dbt_manifest() -> None:
+    """The dbt manifest the code location loads, parsed if the project changed."""
+    from nudge.manifest import ensure_manifest
+
+    ensure_manifest()

@@ -1,0 +1,136 @@
+"""The spine's acceptance scenario: exact emails over a sequence of `nudge run` evaluations.
+
+Users sit on each side of every cohort boundary (see tests/support/scenario.py). The same
+scenario runs with the outbox backend and with SMTP against a real local SMTP server.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pytest
+from support.net import free_port
+from support.scenario import SE, land_until, write_profiles
+
+from nudge.cli import main as nudge
+
+pytestmark = pytest.mark.integration
+
+Email = tuple[str, str, str, str]  # (to, cc, campaign, entity)
+
+# Evaluation day -> the emails that evaluation sends (cumulative sets are compared).
+EXPECTED: list[tuple[date, set[Email]]] = [
+    (date(2026, 3, 10), set()),  # baseline of both campaigns: sends nothing
+    (
+        date(2026, 3, 11),
+        {
+            ("ua.in@acme.example", "", "not_activated_7d", "ua_in"),
+            ("ux.1000@acme.example", SE, "too_many_4xx_7d", "ux_1000"),
+        },
+    ),
+    (date(2026, 3, 11), set()),  # the same evaluation again: nothing twice
+    (
+        date(2026, 3, 12),
+        {
+            ("ua.edge@acme.example", "", "not_activated_7d", "ua_edge"),
+            ("ux.late@beta.example", "", "too_many_4xx_7d", "ux_late"),
+        },
+    ),
+    (date(2026, 3, 19), set()),  # a week later: ux_1000 and ux_late have left
+    (date(2026, 3, 20), set()),  # ux_1000 re-enters 9 days after its email: cooldown
+]
+
+
+def _parse(raw: bytes) -> tuple[Email, email.message.EmailMessage]:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    key = (
+        str(msg["To"]),
+        str(msg["Cc"] or ""),
+        str(msg["X-Nudge-Campaign"]),
+        str(msg["X-Nudge-Entity"]),
+    )
+    return key, msg  # type: ignore[return-value]
+
+
+def _run_scenario(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delivered: Callable[[], list[bytes]]
+) -> dict[Email, email.message.EmailMessage]:
+    landing = tmp_path / "landing"
+    write_profiles(landing)
+    monkeypatch.setenv("NUDGE_LANDING_DIR", str(landing))
+    monkeypatch.setenv("NUDGE_WAREHOUSE", f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+
+    expected: set[Email] = set()
+    messages: dict[Email, email.message.EmailMessage] = {}
+    for day, new in EXPECTED:
+        land_until(landing, day)
+        assert nudge(["run", "--as-of", day.isoformat()]) == 0, f"nudge run --as-of {day} failed"
+        expected |= new
+        parsed = [_parse(raw) for raw in delivered()]
+        keys = [k for k, _ in parsed]
+        assert len(keys) == len(set(keys)), f"an email went out twice by {day}: {sorted(keys)}"
+        assert set(keys) == expected, f"emails after the evaluation of {day}"
+        messages.update(parsed)
+    return messages
+
+
+def _check_content(messages: dict[Email, email.message.EmailMessage]) -> None:
+    m = messages[("ux.1000@acme.example", SE, "too_many_4xx_7d", "ux_1000")]
+    text = m.get_body(("plain",)).get_content()
+    html = m.get_body(("html",)).get_content()
+    for body in (text, html):
+        assert "/v1/widgets/{id}" in body  # the failing endpoint, ids folded
+        assert "404" in body and "1000" in body.replace(",", "")
+
+
+def test_scenario_outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    outbox = tmp_path / "outbox"
+    monkeypatch.setenv("NUDGE_EMAIL_BACKEND", "outbox")
+    monkeypatch.setenv("NUDGE_OUTBOX_DIR", str(outbox))
+    messages = _run_scenario(
+        tmp_path, monkeypatch, lambda: [p.read_bytes() for p in sorted(outbox.glob("*.eml"))]
+    )
+    _check_content(messages)
+
+    capsys.readouterr()
+    assert nudge(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    ing = status["ingest"]
+    assert ing["rejected"] == 1  # the malformed line
+    assert ing["duplicates"] >= 1  # the copied ux_dup event
+    assert ing["lines_read"] == ing["events_loaded"] + ing["duplicates"] + ing["rejected"]
+    sends = {c["campaign"]: c["sends"] for c in status["campaigns"]}
+    assert sends["not_activated_7d"]["sent"] == 2
+    assert sends["not_activated_7d"]["skipped"] == 1  # ua_noemail
+    assert sends["too_many_4xx_7d"]["sent"] == 2
+    assert sends["too_many_4xx_7d"]["skipped"] == 1  # ux_1000's re-entry inside the cooldown
+
+
+def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiosmtpd.controller import Controller
+
+    received: list[tuple[list[str], bytes]] = []
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+            received.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+            return "250 OK"
+
+    controller = Controller(Sink(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        monkeypatch.setenv("NUDGE_EMAIL_BACKEND", "smtp")
+        monkeypatch.setenv("NUDGE_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("NUDGE_SMTP_PORT", str(controller.port))
+        messages = _run_scenario(tmp_path, monkeypatch, lambda: [raw for _, raw in received])
+    finally:
+        controller.stop()
+    _check_content(messages)
+    # The CC'd solutions engineer is a real envelope recipient, not only a header.
+    assert any(set(rcpts) == {"ux.1000@acme.example", SE} for rcpts, _ in received)
