@@ -1,0 +1,591 @@
+"""The docker deployment (docker/): the compose file, the images' commands, `.env.example`.
+
+There is no Docker engine here. The compose file is checked by a Compose implementation when one
+is installed (Debian's `docker-compose`, or the `docker compose` plugin) and structurally with
+PyYAML in any case; the images' commands run here as plain processes on a real Postgres.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import dagster as dg
+import pytest
+import yaml
+from conftest import PG_HOST, PG_PORT, require_postgres
+from support.net import free_port
+
+from nudge.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+COMPOSE = DOCKER / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+CONTRACT = REPO.parent / "shared" / "spec" / "contract.md"  # beside the clone on CI
+DAGSTER_SERVICES = ("user_code", "webserver", "daemon")
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- reading the files
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def service(name: str) -> dict[str, Any]:
+    return compose()["services"][name]
+
+
+def bind_mounts(svc: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path, for the mounts of files and folders of this repository."""
+    mounts = {}
+    for volume in svc.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts[target] = (DOCKER / source).resolve()
+    return mounts
+
+
+def env_refs(node: Any) -> set[str]:
+    """The variables a Dagster config reads with `{env: NAME}`."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(env_refs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(env_refs(v) for v in node))
+    return set()
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
+
+
+def dockerfile_cmd(path: Path) -> list[str]:
+    [cmd] = [json.loads(args) for op, args in dockerfile(path) if op == "CMD"]
+    return cmd
+
+
+def env_example() -> dict[str, str]:
+    """Every variable .env.example mentions, commented or not, with its value there."""
+    found = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        m = re.match(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if m:
+            found[m.group(1)] = m.group(2).strip()
+    return found
+
+
+def settings_variables() -> set[str]:
+    names = set()
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        choices = getattr(alias, "choices", None) or []
+        upper = [c for c in choices if isinstance(c, str) and c.isupper()]
+        names.add(upper[0] if upper else f"NUDGE_{field.upper()}")
+    return names
+
+
+# ----------------------------------------------------------------------------- the compose file
+
+
+def test_compose_services_start_in_order_on_a_healthy_postgres() -> None:
+    services = compose()["services"]
+    assert set(services) == {"postgres", *DAGSTER_SERVICES}
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    for name in DAGSTER_SERVICES:
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    # The webserver shows the code location only once its gRPC server answers.
+    assert services["webserver"]["depends_on"]["user_code"]["condition"] == "service_healthy"
+    assert services["daemon"]["depends_on"]["user_code"]["condition"] in (
+        "service_started",
+        "service_healthy",
+    )
+    for name in ("postgres", *DAGSTER_SERVICES):
+        assert services[name].get("restart") == "unless-stopped", name
+
+
+def test_every_dagster_container_opens_the_same_postgres_instance() -> None:
+    wanted = env_refs(yaml.safe_load((DOCKER / "dagster.yaml").read_text()))
+    assert {"DAGSTER_PG_HOST", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD"} <= wanted
+    for name in DAGSTER_SERVICES:
+        svc = service(name)
+        env = svc["environment"]
+        home = env["DAGSTER_HOME"]
+        assert bind_mounts(svc)[f"{home}/dagster.yaml"] == DOCKER / "dagster.yaml", name
+        assert wanted <= set(env), f"{name} lacks {sorted(wanted - set(env))}"
+        assert env["DAGSTER_PG_HOST"] == "postgres", name
+
+
+def test_webserver_and_daemon_read_the_docker_workspace() -> None:
+    for name in ("webserver", "daemon"):
+        svc = service(name)
+        command = svc["command"]
+        workspace = command[command.index("-w") + 1]
+        assert bind_mounts(svc)[workspace] == DOCKER / "workspace.yaml", name
+    assert service("webserver")["command"][:1] == ["dagster-webserver"]
+    assert service("daemon")["command"][:2] == ["dagster-daemon", "run"]
+    # They hold no user code and no Nudge secrets: only user_code gets .env.
+    for name in ("webserver", "daemon"):
+        assert "env_file" not in service(name), name
+    assert service("user_code")["env_file"] == "../.env"
+
+
+def test_workspace_points_at_the_code_server_of_the_user_code_image() -> None:
+    [entry] = yaml.safe_load((DOCKER / "workspace.yaml").read_text())["load_from"]
+    grpc = entry["grpc_server"]
+    assert grpc["location_name"] == "nudge"
+    assert grpc["host"] in compose()["services"]
+    user_code = service(grpc["host"])
+    build = user_code["build"]
+    cmd = dockerfile_cmd((DOCKER / build["context"]).resolve() / build["dockerfile"])
+    assert cmd[:3] == ["dagster", "api", "grpc"]
+    assert cmd[cmd.index("-p") + 1] == str(grpc["port"])
+    assert cmd[cmd.index("-h") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("-m") + 1] == "orchestration.definitions"
+    health = user_code["healthcheck"]["test"]
+    assert health[health.index("-p") + 1] == str(grpc["port"])
+
+
+def test_images_build_from_the_repository_root_with_files_that_exist() -> None:
+    for name in DAGSTER_SERVICES:
+        build = service(name)["build"]
+        assert (DOCKER / build["context"]).resolve() == REPO, name
+        assert (REPO / build["dockerfile"]).is_file(), name
+    for name, svc in compose()["services"].items():
+        for container_path, host_path in bind_mounts(svc).items():
+            assert host_path.exists(), f"{name} mounts {host_path} at {container_path}"
+
+
+def test_user_code_image_installs_the_lock_and_builds_the_manifest() -> None:
+    path = DOCKER / "Dockerfile.user_code"
+    steps = dockerfile(path)
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    runs = [args for op, args in steps if op == "RUN"]
+    assert any("pip install -r requirements.lock" in r for r in runs)
+    assert any("pip install --no-deps -e ." in r for r in runs)
+    assert any("dbt parse" in r and "--project-dir dbt_project" in r for r in runs)
+    # Whatever the image copies, its .dockerignore lets into the build context.
+    allowed = {
+        ln[1:].rstrip("/")
+        for ln in Path(f"{path}.dockerignore").read_text().splitlines()
+        if ln.startswith("!")
+    }
+    copied = [src for op, args in steps if op == "COPY" for src in args.split()[:-1]]
+    assert copied and set(copied) <= allowed
+
+
+def test_dagster_image_pins_dagster_as_pyproject_does_and_holds_no_user_code() -> None:
+    pins = {
+        dep.split("==")[0]: dep
+        for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    steps = dockerfile(DOCKER / "Dockerfile.dagster")
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    install = " ".join(args for op, args in steps if op == "RUN" and "pip install" in args)
+    for package in ("dagster", "dagster-webserver", "dagster-postgres"):
+        assert pins[package] in install.split(), package
+    copied = " ".join(args for op, args in steps if op == "COPY")
+    for package in ("nudge", "email_jobs", "orchestration", "dbt_project"):
+        assert package not in copied
+
+
+def compose_cli() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker:
+        plugin = subprocess.run([docker, "compose", "version"], check=False, capture_output=True)
+        if plugin.returncode == 0:
+            return [docker, "compose"]
+    v1 = shutil.which("docker-compose")
+    return [v1] if v1 else None
+
+
+def run_compose_config(tmp_path: Path, env_lines: list[str]) -> subprocess.CompletedProcess:
+    """`compose config` on a copy of docker/ with a .env beside it, as in a checkout."""
+    cli = compose_cli()
+    if cli is None:
+        pytest.skip("no Compose implementation (apt-get install docker-compose)")
+    root = tmp_path / "checkout"
+    if not root.exists():
+        shutil.copytree(DOCKER, root / "docker")
+    (root / ".env").write_text("\n".join(env_lines) + "\n")
+    return subprocess.run(
+        [*cli, "--env-file", ".env", "-f", "docker/docker-compose.yml", "config"],
+        check=False,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "NUDGE_"))},
+    )
+
+
+def test_compose_accepts_the_file_with_env_example_as_dotenv(tmp_path: Path) -> None:
+    example = ENV_EXAMPLE.read_text().splitlines()
+    lines = [*example, "DAGSTER_PG_PASSWORD=s3cret", "NUDGE_EMAIL_BACKEND=smtp"]
+    proc = run_compose_config(tmp_path, lines)
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)["services"]
+    values = env_example()
+    user_code_env = resolved["user_code"]["environment"]
+    assert user_code_env["NUDGE_WAREHOUSE"] == (
+        f"postgresql://{values['DAGSTER_PG_USERNAME']}:s3cret@postgres:5432/"
+        f"{values['NUDGE_WAREHOUSE_DB']}"
+    )
+    assert user_code_env["NUDGE_EMAIL_BACKEND"] == "smtp"  # from .env
+    assert "NUDGE_EMAIL_BACKEND" not in resolved["webserver"]["environment"]
+    assert resolved["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+
+
+def test_compose_refuses_to_start_without_a_postgres_password(tmp_path: Path) -> None:
+    proc = run_compose_config(tmp_path, ENV_EXAMPLE.read_text().splitlines())
+    assert proc.returncode != 0
+    assert "DAGSTER_PG_PASSWORD" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- .env.example
+
+
+def test_env_example_lists_every_setting_and_every_compose_variable() -> None:
+    listed = set(env_example())
+    missing = settings_variables() - listed
+    assert not missing, f".env.example lacks {sorted(missing)}"
+    interpolated = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    assert interpolated <= listed, f".env.example lacks {sorted(interpolated - listed)}"
+
+
+@pytest.mark.skipif(not CONTRACT.exists(), reason=f"{CONTRACT} is not beside this checkout")
+def test_env_example_lists_every_variable_of_the_contract() -> None:
+    section = CONTRACT.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    first_cells = [row.split("|")[1] for row in section.splitlines() if row.startswith("| `")]
+    variables = {v for cell in first_cells for v in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
+    assert variables, "the contract's configuration table was not found"
+    assert not variables - set(env_example()), sorted(variables - set(env_example()))
+
+
+# ----------------------------------------------------------------------------- on Postgres
+
+
+@pytest.mark.postgres
+def test_init_script_creates_the_warehouse_database() -> None:
+    require_postgres()
+    import psycopg2
+
+    if not shutil.which("psql"):
+        pytest.skip("psql is not installed")
+    name = f"nudge_test_{uuid.uuid4().hex[:10]}"
+    env = {
+        **os.environ,
+        "PGHOST": PG_HOST,
+        "PGPORT": str(PG_PORT),
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_DB": "postgres",
+        "NUDGE_WAREHOUSE_DB": name,
+    }
+    script = DOCKER / "postgres-init" / "create-warehouse-db.sh"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    try:
+        subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
+        with admin.cursor() as cur:
+            cur.execute("select 1 from pg_database where datname = %s", [name])
+            assert cur.fetchone() == (1,)
+        # One database for both is allowed: nothing to create, no error.
+        same = {**env, "NUDGE_WAREHOUSE_DB": "postgres"}
+        subprocess.run(["bash", str(script)], env=same, check=True, capture_output=True)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+
+
+class Processes:
+    """Long-running processes in their own process groups, with their output in log files."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {name}.log (last lines)\n"
+            + "\n".join(
+                (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-25:]
+            )
+            for name in self.procs
+        )
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited with {proc.returncode}\n{self.logs()}")
+
+    def stop(self) -> list[str]:
+        """SIGTERM every group; SIGKILL what has not exited 30 s later. Returns those killed."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        killed = []
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed.append(name)
+        return killed
+
+
+def poll(what: str, check: Callable[[], T | None], procs: Processes, timeout: float) -> T:
+    """Call `check` until it returns a truthy value, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            last = check()
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+            last = exc  # not up yet: connection refused, a partial answer, ...
+        if last and not isinstance(last, Exception):
+            return last  # type: ignore[return-value]
+        time.sleep(0.5)  # the polling interval; the deadline bounds the wait
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})\n{procs.logs()}")
+
+
+def local_argv(argv: list[str], replace: dict[str, str]) -> list[str]:
+    """An image's command for this machine: the venv's executable, local host/port/paths."""
+    exe = Path(sys.executable).parent / argv[0]
+    return [str(exe) if exe.exists() else argv[0], *(replace.get(a, a) for a in argv[1:])]
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        payload = json.load(resp)
+    assert "errors" not in payload, payload["errors"]
+    return payload["data"]
+
+
+WORKSPACE_QUERY = """
+{ workspaceOrError { __typename
+    ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename
+        ... on RepositoryLocation {
+          repositories { name jobs { name } schedules { name } sensors { name } } }
+        ... on PythonError { message } } } }
+    ... on PythonError { message } } }
+"""
+DAEMONS_QUERY = """
+{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }
+"""
+SENSOR_TICKS_QUERY = """
+query Ticks($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) { __typename
+    ... on Sensor { sensorState { status ticks(limit: 5) { status error { message } } } }
+    ... on PythonError { message } } }
+"""
+LAUNCH_MUTATION = """
+mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) { __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } } } }
+"""
+
+
+@pytest.fixture
+def warehouse_database() -> Iterator[str]:
+    """A second fresh database, for the warehouse (compose puts it beside Dagster's)."""
+    require_postgres()
+    import psycopg2
+
+    name = f"nudge_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'create database "{name}"')
+    try:
+        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.integration
+def test_image_commands_serve_nudge_on_postgres(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    postgres_database: str,
+    warehouse_database: str,
+    dbt_manifest: None,
+) -> None:
+    """user_code, webserver and daemon as compose starts them, run here as plain processes."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(DOCKER / "dagster.yaml", home / "dagster.yaml")
+    grpc_port, web_port = free_port(), free_port()
+    workspace = yaml.safe_load((DOCKER / "workspace.yaml").read_text())
+    workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=grpc_port)
+    workspace_file = tmp_path / "workspace.yaml"
+    workspace_file.write_text(yaml.safe_dump(workspace))
+
+    dagster_pg = urlparse(postgres_database)
+    env = {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": PG_HOST,
+        "DAGSTER_PG_PORT": str(PG_PORT),
+        "DAGSTER_PG_USERNAME": dagster_pg.username or "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": dagster_pg.path.strip("/"),
+        "NUDGE_WAREHOUSE": warehouse_database,
+        "NUDGE_LANDING_DIR": str(tmp_path / "landing"),
+        "NUDGE_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "NUDGE_EMAIL_BACKEND": "outbox",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    child_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    # Create the instance's tables once, before three processes open it at the same time.
+    instance = dg.DagsterInstance.get()
+
+    image_paths = {
+        "0.0.0.0": "127.0.0.1",
+        "/opt/dagster/app/workspace.yaml": str(workspace_file),
+    }
+    grpc_cmd = dockerfile_cmd(DOCKER / "Dockerfile.user_code")
+    health_cmd = service("user_code")["healthcheck"]["test"][1:]  # drop "CMD"
+    procs = Processes(tmp_path)
+    try:
+        procs.start(
+            "user_code", local_argv(grpc_cmd, {**image_paths, "4000": str(grpc_port)}), child_env
+        )
+
+        def grpc_healthy() -> bool:
+            # The compose healthcheck's own command.
+            argv = local_argv(health_cmd, {"4000": str(grpc_port)})
+            return (
+                subprocess.run(argv, check=False, capture_output=True, env=child_env).returncode
+                == 0
+            )
+
+        # As compose does: webserver and daemon start once the code server is healthy.
+        poll("the code server's health check", grpc_healthy, procs, timeout=180)
+        web_cmd = service("webserver")["command"]
+        procs.start(
+            "webserver", local_argv(web_cmd, {**image_paths, "3000": str(web_port)}), child_env
+        )
+        procs.start("daemon", local_argv(service("daemon")["command"], image_paths), child_env)
+
+        def server_info() -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/server_info", timeout=5) as r:
+                return json.load(r)
+
+        info = poll("the webserver's /server_info", server_info, procs, timeout=120)
+        assert info["dagster_version"] == dg.__version__
+
+        def nudge_location() -> dict | None:
+            entries = graphql(web_port, WORKSPACE_QUERY)["workspaceOrError"]["locationEntries"]
+            [entry] = [e for e in entries if e["name"] == "nudge"]
+            return entry if entry["loadStatus"] == "LOADED" else None
+
+        entry = poll("the nudge location to load", nudge_location, procs, timeout=120)
+        location = entry["locationOrLoadError"]
+        assert location["__typename"] == "RepositoryLocation", location
+        [repo] = location["repositories"]
+        assert {"nudge_evaluate", "nudge_send"} <= {j["name"] for j in repo["jobs"]}
+        assert {s["name"] for s in repo["schedules"]} == {"nudge_daily"}
+        assert {s["name"] for s in repo["sensors"]} == {
+            "send_after_evaluation",
+            "record_run_failures",
+        }
+
+        def daemons_healthy() -> list[dict] | None:
+            statuses = graphql(web_port, DAEMONS_QUERY)["instance"]["daemonHealth"]
+            required = [s for s in statuses["allDaemonStatuses"] if s["required"]]
+            return required if required and all(s["healthy"] for s in required) else None
+
+        required = poll("every required daemon to be healthy", daemons_healthy, procs, timeout=120)
+        beats = instance.get_daemon_heartbeats()
+        assert {s["daemonType"] for s in required} <= set(beats)
+        assert "QUEUED_RUN_COORDINATOR" in beats
+
+        # Turned on as docs/production.md says, the sensors tick in the daemon without errors.
+        grpc_args = ["--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port)]
+        dagster_cli = local_argv(["dagster"], {})
+        for argv in (["schedule", "start", "nudge_daily"], ["sensor", "start", "--start-all"]):
+            subprocess.run(
+                [*dagster_cli, *argv, *grpc_args], check=True, capture_output=True, env=child_env
+            )
+        for sensor in ("send_after_evaluation", "record_run_failures"):
+            selector = {
+                "repositoryLocationName": "nudge",
+                "repositoryName": repo["name"],
+                "sensorName": sensor,
+            }
+
+            def ticked(selector: dict = selector) -> dict | None:
+                found = graphql(web_port, SENSOR_TICKS_QUERY, {"selector": selector})
+                state = found["sensorOrError"]["sensorState"]
+                return state if state["ticks"] else None
+
+            state = poll(f"a tick of {sensor}", ticked, procs, timeout=120)
+            assert state["status"] == "RUNNING", sensor
+            assert all(t["status"] != "FAILURE" for t in state["ticks"]), state["ticks"]
+
+        # The production path of a run: queued by the webserver, dequeued by the daemon,
+        # launched through the code server, recorded in Postgres.
+        params = {
+            "selector": {
+                "repositoryLocationName": "nudge",
+                "repositoryName": repo["name"],
+                "jobName": "nudge_send",
+            },
+            "runConfigData": {},
+        }
+        launched = graphql(web_port, LAUNCH_MUTATION, {"params": params})["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+
+        def finished() -> dg.DagsterRun | None:
+            run = instance.get_run_by_id(run_id)
+            return run if run and run.is_finished else None
+
+        run = poll("the launched run to finish", finished, procs, timeout=240)
+        events = {e.dagster_event_type for e in instance.all_logs(run_id) if e.dagster_event_type}
+        assert dg.DagsterEventType.RUN_DEQUEUED in events  # the daemon took it off the queue
+        assert run.status == dg.DagsterRunStatus.SUCCESS, procs.logs()
+
+        assert procs.stop() == [], "a process ignored SIGTERM for 30 s"
+    finally:
+        procs.stop()
+        instance.dispose()
