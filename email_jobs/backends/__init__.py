@@ -1,0 +1,25 @@
+"""Delivery backends: outbox (files), smtp, sendgrid. All implement email_jobs.message.Backend."""
+
+from __future__ import annotations
+
+from email_jobs.message import Backend
+from nudge.settings import ConfigError, Settings
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The backend NUDGE_EMAIL_BACKEND names, configured from settings."""
+    if settings.email_backend == "outbox":
+        from email_jobs.backends.outbox import OutboxBackend
+
+        return OutboxBackend(settings.outbox_dir)
+    if settings.email_backend == "smtp":
+        from email_jobs.backends.smtp import SmtpBackend
+
+        return SmtpBackend.from_settings(settings)
+    if settings.email_backend == "sendgrid":
+        from email_jobs.backends.sendgrid import SendGridBackend
+
+        return SendGridBackend.from_settings(settings)
+    raise ConfigError(
+        f"NUDGE_EMAIL_BACKEND={settings.email_backend!r}: use outbox, smtp or sendgrid"
+    )

@@ -1,0 +1,162 @@
+"""Delivery through an SMTP relay (NUDGE_SMTP_*).
+
+Connections are pooled: a send borrows an idle connection (or opens one) and returns it when the
+server is still talking, so one connection serves many messages and a small thread pool gets
+one connection per worker. A connection that fails is dropped and the next send opens a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import smtplib
+import ssl
+
+from email_jobs.backends.mime import all_recipients, build_message, envelope_sender
+from email_jobs.message import DeliveryResult, OutgoingEmail
+from nudge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def _reply_text(code: int, reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return f"{code} {text}".strip()
+
+
+def _refused_text(refused: dict[str, tuple[int, bytes]]) -> str:
+    return "; ".join(
+        f"{rcpt}: {_reply_text(code, reply)}" for rcpt, (code, reply) in refused.items()
+    )
+
+
+def _classify_reply(code: int, reply: bytes | str, what: str) -> DeliveryResult:
+    text = f"{what}: {_reply_text(code, reply)}"
+    if 400 <= code < 500:
+        return DeliveryResult(status="retryable", error=text)
+    return DeliveryResult(status="failed", error=text)
+
+
+class SmtpBackend:
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        starttls: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.host, self.port = host, port
+        self.user, self.password = user, password
+        self.starttls, self.timeout = starttls, timeout
+        self._idle: queue.SimpleQueue[smtplib.SMTP] = queue.SimpleQueue()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpBackend:
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        return cls(
+            settings.smtp_host,
+            settings.smtp_port,
+            user=settings.smtp_user,
+            password=password,
+            starttls=settings.smtp_starttls,
+        )
+
+    def _open(self) -> smtplib.SMTP:
+        conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.ehlo()
+            if self.starttls:
+                conn.starttls(context=ssl.create_default_context())
+                conn.ehlo()
+            if self.user:
+                conn.login(self.user, self.password or "")
+        except BaseException:
+            _quietly_close(conn)
+            raise
+        return conn
+
+    def _borrow(self) -> smtplib.SMTP:
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return self._open()
+            # An idle connection may have been closed by the server since; a NOOP tells.
+            try:
+                if conn.noop()[0] == 250:
+                    return conn
+            except (smtplib.SMTPException, OSError):
+                pass
+            _quietly_close(conn)
+
+    def send(self, email: OutgoingEmail) -> DeliveryResult:
+        try:
+            msg = build_message(email)
+        except (ValueError, TypeError, UnicodeError) as exc:
+            return DeliveryResult(status="failed", error=f"cannot build the message: {exc}")
+        recipients = all_recipients(email)
+        conn: smtplib.SMTP | None = None
+        keep = False
+        try:
+            conn = self._borrow()
+            refused = conn.send_message(
+                msg, from_addr=envelope_sender(email.from_addr), to_addrs=recipients
+            )
+            keep = True
+        except smtplib.SMTPRecipientsRefused as exc:  # every recipient refused
+            keep = True
+            codes = [code for code, _ in exc.recipients.values()]
+            detail = _refused_text(exc.recipients)
+            status = "retryable" if all(400 <= c < 500 for c in codes) else "failed"
+            return DeliveryResult(status=status, error=f"recipients refused: {detail}")
+        except smtplib.SMTPResponseException as exc:  # sender refused, DATA refused, auth, 421...
+            keep = exc.smtp_code != 421  # 421: the server is closing the channel
+            return _classify_reply(exc.smtp_code, exc.smtp_error, type(exc).__name__)
+        except (smtplib.SMTPException, OSError) as exc:  # refused/dropped connection, timeout
+            return DeliveryResult(
+                status="retryable",
+                error=f"SMTP {self.host}:{self.port}: {type(exc).__name__}: {exc}",
+            )
+        finally:
+            if conn is not None:
+                if keep:
+                    self._idle.put(conn)
+                else:
+                    _quietly_close(conn)
+        if refused:
+            detail = _refused_text(refused)
+            if all(address in refused for address in email.to):
+                # Others (cc) got it already: a retry would send them a second copy.
+                return DeliveryResult(status="failed", error=f"recipient refused: {detail}")
+            log.warning(
+                "%s/%s: some recipients refused: %s", email.campaign, email.entity_id, detail
+            )
+            return DeliveryResult(
+                status="sent", provider_message_id=msg["Message-ID"], error=detail
+            )
+        return DeliveryResult(status="sent", provider_message_id=msg["Message-ID"])
+
+    def close(self) -> None:
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                _quietly_close(conn)
+
+
+def _quietly_close(conn: smtplib.SMTP) -> None:
+    try:
+        conn.close()
+    except OSError:
+        pass
