@@ -1,0 +1,105 @@
+"""The landing folder: which dump files exist, what shape they have, and their identity.
+
+A file's identity is (relative path, content hash). Hashing costs a full read, so callers first
+compare size and mtime with what was recorded and hash only when those changed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from nudge.ingest.report import Kind
+
+log = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
+_EVENT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+_PROFILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+_DT_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    kind: Kind
+    path: Path  # absolute
+    rel: str  # relative to the landing folder, with "/" separators
+    dt: date | None  # events only: the dt= folder
+
+
+@dataclass(frozen=True)
+class FileShape:
+    gzip: bool
+    is_array: bool  # first non-blank character is "[": one JSON array for the whole file
+    crlf: bool  # first line ends with \r\n
+
+
+def discover(landing_dir: Path) -> list[LandingFile]:
+    """Every dump file in the landing layout, in a stable order (kind, then path)."""
+    out: list[LandingFile] = []
+    events_dir = landing_dir / "events"
+    if events_dir.is_dir():
+        for day in sorted(p for p in events_dir.iterdir() if p.is_dir()):
+            m = _DT_DIR.match(day.name)
+            if not m:
+                log.warning("ignoring %s: event folders are named dt=YYYY-MM-DD", day)
+                continue
+            try:
+                dt = date.fromisoformat(m.group(1))
+            except ValueError:
+                log.warning("ignoring %s: %s is not a calendar date", day, m.group(1))
+                continue
+            out.extend(
+                LandingFile("events", f, f.relative_to(landing_dir).as_posix(), dt)
+                for f in _files(day, _EVENT_SUFFIXES)
+            )
+    for kind in ("users", "companies"):
+        d = landing_dir / kind
+        if d.is_dir():
+            out.extend(
+                LandingFile(kind, f, f.relative_to(landing_dir).as_posix(), None)  # type: ignore[arg-type]
+                for f in _files(d, _PROFILE_SUFFIXES)
+            )
+    return out
+
+
+def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.name.endswith(suffixes)
+        and not p.name.startswith(".")  # editors' and uploaders' temporary files
+    )
+
+
+def sniff(path: Path) -> FileShape:
+    """Compression by magic bytes (not by name), array-vs-lines and line ending from the head."""
+    with path.open("rb") as f:
+        magic = f.read(2)
+    is_gz = magic == GZIP_MAGIC
+    head = b""
+    try:
+        with gzip.open(path, "rb") if is_gz else path.open("rb") as f:
+            head = f.read(64 * 1024)
+    except (OSError, EOFError, zlib.error):
+        pass  # a corrupt stream is reported by the reader, with its own message
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    nl = head.find(b"\n")
+    return FileShape(
+        gzip=is_gz,
+        is_array=text.startswith(b"["),
+        crlf=nl > 0 and head[nl - 1 : nl] == b"\r",
+    )
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of the file's bytes as stored (compressed files are hashed compressed)."""
+    with path.open("rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()

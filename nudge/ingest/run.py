@@ -1,0 +1,147 @@
+"""`run_ingest`: load every new or changed dump file of the landing folder into `raw`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+
+from nudge.ingest import landing
+from nudge.ingest.landing import LandingFile
+from nudge.ingest.loading import FileIdentity, Loader, ensure_schema
+from nudge.ingest.report import FileResult, IngestReport
+from nudge.ingest.staging import FileVanished, prepare, restore, stage_file
+from nudge.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+# Postgres: one ingest at a time per database (DuckDB has its file lock).
+_PG_LOCK_KEY = 0x6E75646765  # "nudge"
+
+
+def run_ingest(
+    wh: Warehouse,
+    landing_dir: Path,
+    run_id: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Ingest each dump file not yet ingested in this version; one transaction per file.
+
+    A file is identified by (path, content hash). Unchanged size and mtime skip it without
+    reading; a changed file is ingested again, its events deduplicated by event_key against
+    everything already loaded (the first copy wins).
+    """
+    landing_dir = Path(landing_dir)
+    run_id = run_id or f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    report = IngestReport(run_id=run_id)
+    ensure_schema(wh)
+    files = landing.discover(landing_dir)
+    known = _known_versions(wh)
+    log.info("ingest %s: %d dump files under %s", run_id, len(files), landing_dir)
+
+    parser = wh.conn if wh.kind == "duckdb" else duckdb.connect()
+    prev = prepare(parser)
+    if wh.kind == "postgres":
+        wh.execute("select pg_advisory_lock(?)", [_PG_LOCK_KEY])
+    loader = Loader(wh, parser)
+    try:
+        for i, lf in enumerate(files, 1):
+            result = _ingest_file(lf, known, loader, parser, run_id)
+            report.files.append(result)
+            msg = f"[{i}/{len(files)}] {_describe(result)}"
+            log.info(msg)
+            if progress is not None:
+                progress(msg)
+    finally:
+        loader.close()
+        if wh.kind == "postgres":
+            wh.execute("select pg_advisory_unlock(?)", [_PG_LOCK_KEY])
+            wh.commit()
+            parser.close()
+        else:
+            restore(parser, prev)
+    report.newest_dt = _newest_dt(wh)
+    log.info(report.summary())
+    return report
+
+
+def _ingest_file(
+    lf: LandingFile,
+    known: dict[str, list[tuple[int, float, str]]],
+    loader: Loader,
+    parser: duckdb.DuckDBPyConnection,
+    run_id: str,
+) -> FileResult:
+    vanished = FileResult(kind=lf.kind, path=lf.rel, status="vanished", dt=lf.dt)
+    try:
+        st = lf.path.stat()
+        versions = known.get(lf.rel, [])
+        if any(size == st.st_size and mtime == st.st_mtime for size, mtime, _ in versions):
+            return FileResult(kind=lf.kind, path=lf.rel, status="skipped", dt=lf.dt)
+        digest = landing.content_hash(lf.path)
+        if any(h == digest for _, _, h in versions):
+            # Same bytes, new mtime (copied, touched): remember the new stat to skip cheaply.
+            loader.wh.execute(
+                "update raw.ingested_files set size_bytes = ?, mtime = ? "
+                "where path = ? and content_hash = ?",
+                [st.st_size, st.st_mtime, lf.rel, digest],
+            )
+            loader.wh.commit()
+            known[lf.rel].append((st.st_size, st.st_mtime, digest))
+            return FileResult(kind=lf.kind, path=lf.rel, status="skipped", dt=lf.dt)
+        shape = landing.sniff(lf.path)
+    except FileNotFoundError:
+        log.warning("%s vanished before it could be read; it will be retried", lf.rel)
+        return vanished
+    ident = FileIdentity(size=st.st_size, mtime=st.st_mtime, content_hash=digest)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    try:
+        counts = stage_file(parser, lf.kind, lf.path, shape)
+    except FileVanished:
+        log.warning("%s vanished while being read; it will be retried", lf.rel)
+        return vanished
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        # Corrupt compression and the like: nothing in the file is readable.
+        reason = f"cannot read file: {_first_line(exc)}"
+        log.warning("%s: %s", lf.rel, reason)
+        result = loader.record_unreadable(lf, ident, reason, run_id, now)
+    else:
+        result = loader.load(lf, counts, ident, run_id, now)
+    known.setdefault(lf.rel, []).append((ident.size, ident.mtime, ident.content_hash))
+    return result
+
+
+def _known_versions(wh: Warehouse) -> dict[str, list[tuple[int, float, str]]]:
+    out: dict[str, list[tuple[int, float, str]]] = {}
+    for path, size, mtime, digest in wh.fetchall(
+        "select path, size_bytes, mtime, content_hash from raw.ingested_files"
+    ):
+        out.setdefault(path, []).append((int(size), float(mtime), digest))
+    return out
+
+
+def _newest_dt(wh: Warehouse) -> date | None:
+    row = wh.fetchone("select max(dt) from raw.ingested_files where kind = 'events'")
+    wh.commit()
+    return row[0] if row else None
+
+
+def _describe(r: FileResult) -> str:
+    if r.status != "loaded":
+        return f"{r.path}: {r.status}"
+    text = (
+        f"{r.path}: {r.lines_read} lines, {r.loaded} loaded, {r.duplicates} duplicates, "
+        f"{r.rejected} rejected"
+    )
+    if r.conflicts:
+        text += f" ({r.conflicts} duplicates differ from the copy kept)"
+    return text + (f" - {r.note}" if r.note else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
