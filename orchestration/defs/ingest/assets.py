@@ -38,7 +38,7 @@ def raw_landing(
             wh, settings.landing_dir, run_id=context.run_id, progress=context.log.info
         )
     for kind in RAW_TABLES:
-        t = report.totals(kind)
+        t = report.totals[kind]
         yield dg.MaterializeResult(
             asset_key=["raw", kind],
             metadata={
