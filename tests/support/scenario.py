@@ -115,7 +115,7 @@ def write_profiles(landing: Path) -> None:
         # Signed up like ua_in but called the API once: never a member.
         user("ua_active", minute(D(2026, 3, 4), 23, 59), "ua.active@acme.example", "c_acme", "Al"),
         # Exactly end-28d at the end of 03-11: a member at the baseline, leaves on 03-11.
-        user("ua_old", minute(D(2026, 2, 13)), "ua.old@acme.example", "c_acme", "Olga"),
+        user("ua_old", minute(D(2026, 2, 12)), "ua.old@acme.example", "c_acme", "Olga"),
         # Enters with ua_in but has no address: skipped, not sent.
         user("ua_noemail", minute(D(2026, 3, 4), 23, 59), None, "c_acme", "Nemo"),
         # 4xx storms.

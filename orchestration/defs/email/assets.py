@@ -1,7 +1,5 @@
 """Per campaign: the cohort evaluation (membership, diff, guards -> ledger) and the sends."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 from typing import Any
 

@@ -1,7 +1,5 @@
 """Landing folder -> raw tables. One step ingests every file not yet ingested."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 
 import dagster as dg

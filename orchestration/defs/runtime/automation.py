@@ -1,7 +1,5 @@
 """Schedules and sensors: the daily evaluation, sending after it, recording failures."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from email_jobs.run_failures import record_failure

@@ -1,13 +1,12 @@
 """Resources: Nudge's settings and warehouse, dbt's CLI."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
+from nudge.manifest import dbt_executable
 from nudge.settings import Settings, export_runtime_env, load_settings
 from nudge.warehouse import Warehouse, connect
 from orchestration.defs.transform.project import nudge_dbt_project
@@ -32,6 +31,6 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         resources={
             "nudge": NudgeResource(),
-            "dbt": DbtCliResource(project_dir=nudge_dbt_project),
+            "dbt": DbtCliResource(project_dir=nudge_dbt_project, dbt_executable=dbt_executable()),
         }
     )
