@@ -37,10 +37,21 @@ ENTITIES = ("user", "company")
 REQUIRED_COLUMNS = ("entity_id", "email")
 ON_UNKNOWN = ("hold", "resend")
 # Keys of a campaign entry with a meaning here; any other key is kept in Campaign.extra.
-KNOWN_KEYS = frozenset({
-    "name", "template", "cooldown_days", "baseline_first_run", "max_sends_per_evaluation",
-    "max_entry_share", "cc", "bcc", "unsubscribe_group_id", "on_unknown", "description",
-})
+KNOWN_KEYS = frozenset(
+    {
+        "name",
+        "template",
+        "cooldown_days",
+        "baseline_first_run",
+        "max_sends_per_evaluation",
+        "max_entry_share",
+        "cc",
+        "bcc",
+        "unsubscribe_group_id",
+        "on_unknown",
+        "description",
+    }
+)
 
 
 class CampaignError(Exception):
@@ -60,8 +71,15 @@ def _where(node: dict[str, Any]) -> str:
     return f"model {node.get('name')!r}" + (f" ({path})" if path else "")
 
 
-def _number(value: Any, key: str, where: str, *, integer: bool = False,
-            minimum: float = 0, maximum: float | None = None) -> Any:
+def _number(
+    value: Any,
+    key: str,
+    where: str,
+    *,
+    integer: bool = False,
+    minimum: float = 0,
+    maximum: float | None = None,
+) -> Any:
     # bool is an int in Python; `cooldown_days: true` is a typo, not 1.
     ok_types = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types):
@@ -83,8 +101,9 @@ def _addresses(value: Any, key: str, where: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value if v.strip())
 
 
-def _campaign(node: dict[str, Any], entity: str, columns: tuple[str, ...], entry: Any,
-              where: str) -> Campaign:
+def _campaign(
+    node: dict[str, Any], entity: str, columns: tuple[str, ...], entry: Any, where: str
+) -> Campaign:
     if not isinstance(entry, dict):
         raise CampaignError(f"{where}: each entry of meta.nudge.campaigns must be a mapping")
     name = entry.get("name")
@@ -114,14 +133,17 @@ def _campaign(node: dict[str, Any], entity: str, columns: tuple[str, ...], entry
         template=template,
         cooldown_days=_number(entry.get("cooldown_days", 30), "cooldown_days", where),
         baseline_first_run=baseline,
-        max_sends_per_evaluation=None if max_sends is None else _number(
-            max_sends, "max_sends_per_evaluation", where, integer=True),
-        max_entry_share=None if max_share is None else _number(
-            max_share, "max_entry_share", where, maximum=1),
+        max_sends_per_evaluation=None
+        if max_sends is None
+        else _number(max_sends, "max_sends_per_evaluation", where, integer=True),
+        max_entry_share=None
+        if max_share is None
+        else _number(max_share, "max_entry_share", where, maximum=1),
         cc=_addresses(entry.get("cc"), "cc", where),
         bcc=_addresses(entry.get("bcc"), "bcc", where),
-        unsubscribe_group_id=None if group is None else _number(
-            group, "unsubscribe_group_id", where, integer=True),
+        unsubscribe_group_id=None
+        if group is None
+        else _number(group, "unsubscribe_group_id", where, integer=True),
         on_unknown=on_unknown,
         columns=columns,
         description=str(description),

@@ -1,0 +1,123 @@
+"""The `nudge status --json` object (contract, "Command line: nudge").
+
+Ingest counts come from `raw.ingested_files` (one row per ingested file version):
+- files, lines_read, duplicates, rejected: all kinds (events, users, companies, ...), so that
+  lines_read = loaded + duplicates + rejected holds over the whole landing folder;
+- events_loaded: events only (the number of distinct events added);
+- by_kind: the same counts per kind.
+Tables that do not exist yet count as zero, never as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from email_jobs.campaigns import Campaign
+from email_jobs.ledger import State
+from nudge.asof import to_iso
+from nudge.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+SEND_STATES = (
+    State.SENT,
+    State.SKIPPED,
+    State.FAILED,
+    State.HELD,
+    State.UNKNOWN,
+    State.PENDING,
+    State.CLAIMED,
+)
+
+
+def ingest_counts(wh: Warehouse) -> dict[str, Any]:
+    counts: dict[str, Any] = {
+        "files": 0,
+        "lines_read": 0,
+        "events_loaded": 0,
+        "duplicates": 0,
+        "rejected": 0,
+        "by_kind": {},
+    }
+    if not wh.table_exists("raw", "ingested_files"):
+        return counts
+    rows = wh.fetchall(
+        "select kind, count(*), sum(lines_read), sum(loaded), sum(duplicates), sum(rejected) "
+        "from raw.ingested_files group by kind order by kind"
+    )
+    for kind, files, lines, loaded, dups, rejected in rows:
+        per_kind = {
+            "files": int(files),
+            "lines_read": int(lines or 0),
+            "loaded": int(loaded or 0),
+            "duplicates": int(dups or 0),
+            "rejected": int(rejected or 0),
+        }
+        counts["by_kind"][kind] = per_kind
+        counts["files"] += per_kind["files"]
+        counts["lines_read"] += per_kind["lines_read"]
+        counts["duplicates"] += per_kind["duplicates"]
+        counts["rejected"] += per_kind["rejected"]
+        if kind == "events":
+            counts["events_loaded"] = per_kind["loaded"]
+    return counts
+
+
+def _last_evaluations(wh: Warehouse) -> dict[str, dict[str, Any]]:
+    if not wh.table_exists("nudge", "evaluations"):
+        return {}
+    rows = wh.fetchdicts(
+        """
+        select e.campaign, e.as_of, e.members, e.kind, e.evaluated_at
+        from nudge.evaluations e
+        join (select campaign, max(as_of) as as_of from nudge.evaluations group by campaign) m
+          on m.campaign = e.campaign and m.as_of = e.as_of
+        """
+    )
+    return {r["campaign"]: r for r in rows}
+
+
+def _ledger_counts(wh: Warehouse) -> dict[str, dict[str, int]]:
+    if not wh.table_exists("nudge", "send_ledger"):
+        return {}
+    counts: dict[str, dict[str, int]] = {}
+    for campaign, state, n in wh.fetchall(
+        "select campaign, state, count(*) from nudge.send_ledger group by campaign, state"
+    ):
+        counts.setdefault(campaign, {})[state] = int(n)
+    return counts
+
+
+def _last_failure(wh: Warehouse) -> dict[str, Any] | None:
+    try:
+        from email_jobs.run_failures import latest_failure
+    except ImportError:  # written by the orchestration side; absent means none recorded
+        return None
+    return latest_failure(wh)
+
+
+def collect_status(wh: Warehouse, campaigns: Sequence[Campaign]) -> dict[str, Any]:
+    evaluations = _last_evaluations(wh)
+    ledger = _ledger_counts(wh)
+    out_campaigns = []
+    for campaign in campaigns:
+        last = evaluations.get(campaign.name)
+        by_state = ledger.get(campaign.name, {})
+        out_campaigns.append(
+            {
+                "campaign": campaign.name,
+                "cohort": campaign.cohort,
+                "entity": campaign.entity,
+                "members": int(last["members"]) if last else 0,
+                "last_evaluation": to_iso(last["as_of"]) if last else None,
+                "last_evaluation_kind": last["kind"] if last else None,
+                "sends": {str(s): by_state.get(s, 0) for s in SEND_STATES},
+            }
+        )
+    return {
+        "ingest": ingest_counts(wh),
+        "campaigns": out_campaigns,
+        "last_failure": _last_failure(wh),
+    }

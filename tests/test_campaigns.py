@@ -1,0 +1,177 @@
+"""Campaigns from a dbt manifest: what an analyst writes in a cohort's yml, and its mistakes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from email_jobs.campaigns import CampaignError, load_campaigns
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    root = tmp_path / "templates"
+    for name, body in {
+        "welcome": "Hi {{ first_name }}, {% for e in endpoints %}{{ e }}{% endfor %} "
+        "{{ unsubscribe_url }} {{ campaign }} {{ entity_id }}",
+        "plain": "Hello",
+    }.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "subject.txt").write_text("Subject for {{ entity_id }}")
+        (root / name / "body.html").write_text(f"<p>{body}</p>")
+        (root / name / "body.txt").write_text(body)
+    return root
+
+
+def model(
+    name: str,
+    nudge: Any,
+    columns: tuple[str, ...] = ("entity_id", "email", "first_name", "endpoints_json"),
+    *,
+    top_level_meta: bool = False,
+) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "resource_type": "model",
+        "name": name,
+        "unique_id": f"model.nudge.{name}",
+        "relation_name": f'"warehouse"."analytics"."{name}"',
+        "patch_path": "nudge://models/cohorts/cohorts.yml",
+        "original_file_path": f"models/cohorts/{name}.sql",
+        "columns": {c: {"name": c} for c in columns},
+        "config": {"meta": {}},
+        "meta": {},
+        "description": f"{name} description",
+    }
+    if nudge is not None:
+        meta = node["meta"] if top_level_meta else node["config"]["meta"]
+        meta["nudge"] = nudge
+    return node
+
+
+def manifest(*nodes: dict[str, Any]) -> dict[str, Any]:
+    seed = {"resource_type": "seed", "name": "s", "unique_id": "seed.nudge.s", "config": {}}
+    return {"nodes": {n["unique_id"]: n for n in (*nodes, seed)}}
+
+
+GOOD = {
+    "entity": "user",
+    "campaigns": [
+        {
+            "name": "welcome_back",
+            "template": "welcome",
+            "cooldown_days": 14,
+            "max_sends_per_evaluation": 50,
+        }
+    ],
+}
+
+
+def test_loads_campaigns_with_defaults_and_declared_values(templates):
+    nodes = manifest(
+        model(
+            "cohort_b",
+            {
+                "entity": "company",
+                "campaigns": [
+                    {
+                        "name": "plain",
+                        "cc": "se@example.com",
+                        "on_unknown": "resend",
+                        "drip": [1, 2],
+                    },
+                ],
+            },
+        ),
+        model("cohort_a", GOOD),
+        model("dim_users", None),
+    )
+    first, second = load_campaigns(nodes, templates)
+    assert (first.name, first.cohort, first.entity, first.template) == (
+        "welcome_back",
+        "cohort_a",
+        "user",
+        "welcome",
+    )
+    assert first.relation_name == '"warehouse"."analytics"."cohort_a"'
+    assert (first.cooldown_days, first.max_sends_per_evaluation, first.baseline_first_run) == (
+        14,
+        50,
+        True,
+    )
+    assert first.columns == ("entity_id", "email", "first_name", "endpoints_json")
+    assert first.dbt_unique_id == "model.nudge.cohort_a"
+    # Defaults: template = name, cooldown 30, limits from settings; unknown keys kept.
+    assert (second.template, second.cooldown_days, second.max_sends_per_evaluation) == (
+        "plain",
+        30,
+        None,
+    )
+    assert (second.entity, second.cc, second.on_unknown) == (
+        "company",
+        ("se@example.com",),
+        "resend",
+    )
+    assert second.extra == {"drip": [1, 2]}
+    assert second.description == "cohort_b description"
+
+
+def test_top_level_meta_is_accepted(templates):
+    (campaign,) = load_campaigns(manifest(model("cohort_a", GOOD, top_level_meta=True)), templates)
+    assert campaign.name == "welcome_back"
+
+
+def _bad(**changes: Any) -> dict[str, Any]:
+    nudge = copy.deepcopy(GOOD)
+    for key, value in changes.items():
+        if key == "entity":
+            nudge["entity"] = value
+        else:
+            nudge["campaigns"][0][key] = value
+    return nudge
+
+
+@pytest.mark.parametrize(
+    ("nudge", "columns", "message"),
+    [
+        (_bad(entity="account"), None, "meta.nudge.entity must be 'user' or 'company'"),
+        (GOOD, ("email", "first_name", "endpoints_json"), "declare the column(s) entity_id"),
+        (GOOD, ("entity_id", "first_name", "endpoints_json"), "declare the column(s) email"),
+        (_bad(cooldown_days="30"), None, "cooldown_days must be a number, got '30'"),
+        (_bad(cooldown_days=True), None, "cooldown_days must be a number"),
+        (_bad(cooldown_days=-1), None, "cooldown_days must be >= 0"),
+        (_bad(max_sends_per_evaluation=2.5), None, "max_sends_per_evaluation must be a whole"),
+        (_bad(max_entry_share=2), None, "max_entry_share must be between 0 and 1"),
+        (_bad(baseline_first_run="yes"), None, "baseline_first_run must be true or false"),
+        (_bad(on_unknown="retry"), None, "on_unknown must be 'hold' or 'resend'"),
+        (_bad(template="missing"), None, "template folder"),
+        (_bad(name=""), None, "a campaign has no name"),
+        ({"entity": "user", "campaigns": []}, None, "campaigns must be a non-empty list"),
+        (GOOD, ("entity_id", "email", "endpoints_json"), "uses first_name, which the model"),
+        (GOOD, ("entity_id", "email", "first_name"), "uses endpoints, which the model"),
+    ],
+)
+def test_mistakes_name_the_model_and_what_is_wrong(templates, nudge, columns, message):
+    node = model("cohort_a", nudge, columns) if columns else model("cohort_a", nudge)
+    with pytest.raises(CampaignError) as err:
+        load_campaigns(manifest(node), templates)
+    assert "model 'cohort_a' (models/cohorts/cohorts.yml)" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_an_incomplete_template_folder_names_the_missing_file(templates):
+    (templates / "welcome" / "body.txt").unlink()
+    with pytest.raises(CampaignError, match=r"missing file .*welcome/body\.txt"):
+        load_campaigns(manifest(model("cohort_a", GOOD)), templates)
+
+
+def test_campaign_names_are_unique_across_models(templates):
+    with pytest.raises(CampaignError, match="'welcome_back' is already used by model 'cohort_a'"):
+        load_campaigns(manifest(model("cohort_a", GOOD), model("cohort_b", GOOD)), templates)
+
+
+def test_not_a_manifest():
+    with pytest.raises(CampaignError, match="no 'nodes'"):
+        load_campaigns({"metadata": {}})
