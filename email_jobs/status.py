@@ -33,6 +33,8 @@ SEND_STATES = (
 
 
 def ingest_counts(wh: Warehouse) -> dict[str, Any]:
+    """The event files' counts (so lines_read = events_loaded + duplicates + rejected holds),
+    and the same per kind under `by_kind` (users and companies are profile lines)."""
     counts: dict[str, Any] = {
         "files": 0,
         "lines_read": 0,
@@ -56,12 +58,14 @@ def ingest_counts(wh: Warehouse) -> dict[str, Any]:
             "rejected": int(rejected or 0),
         }
         counts["by_kind"][kind] = per_kind
-        counts["files"] += per_kind["files"]
-        counts["lines_read"] += per_kind["lines_read"]
-        counts["duplicates"] += per_kind["duplicates"]
-        counts["rejected"] += per_kind["rejected"]
         if kind == "events":
-            counts["events_loaded"] = per_kind["loaded"]
+            counts.update(
+                files=per_kind["files"],
+                lines_read=per_kind["lines_read"],
+                events_loaded=per_kind["loaded"],
+                duplicates=per_kind["duplicates"],
+                rejected=per_kind["rejected"],
+            )
     return counts
 
 

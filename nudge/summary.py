@@ -58,6 +58,12 @@ def format_status(status: dict[str, Any]) -> str:
             }
         )
     ]
+    for kind, k in sorted(ing.get("by_kind", {}).items()):
+        if kind != "events":
+            out.append(
+                f"  {kind}: {k['files']} files, {k['lines_read']} lines, {k['loaded']} loaded, "
+                f"{k['duplicates']} duplicates, {k['rejected']} rejected"
+            )
     for c in status.get("campaigns", []):
         sends = ", ".join(f"{n} {s}" for s, n in c.get("sends", {}).items())
         out.append(

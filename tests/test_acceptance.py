@@ -118,8 +118,9 @@ def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     received: list[tuple[list[str], bytes]] = []
 
     class Sink:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
-            received.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        async def handle_DATA(self, server, session, envelope):
+            raw = envelope.original_content or envelope.content
+            received.append((list(envelope.rcpt_tos), raw))
             return "250 OK"
 
     controller = Controller(Sink(), hostname="127.0.0.1", port=free_port())

@@ -5,11 +5,11 @@ from typing import Any
 
 import dagster as dg
 from dagster_dbt import get_asset_key_for_model
-from email_jobs.evaluate import EvaluationDeferred, compute_guard_inputs, evaluate_campaign
-from email_jobs.send import send_campaign
 
 from email_jobs.backends import make_backend
 from email_jobs.campaigns import Campaign
+from email_jobs.evaluate import EvaluationDeferred, compute_guard_inputs, evaluate_campaign
+from email_jobs.send import send_campaign
 from orchestration.defs.email.campaigns import manifest_campaigns
 from orchestration.defs.runtime.instant import evaluation_instant
 from orchestration.defs.runtime.resources import NudgeResource
@@ -68,7 +68,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         selected = _selected(context, campaigns, evaluation_key)
         with nudge.warehouse() as wh:
             try:
-                guard_inputs = compute_guard_inputs(wh, end, settings, run_id=context.run_id)
+                guard_inputs = compute_guard_inputs(wh, end, settings, run_id=context.run.run_id)
             except EvaluationDeferred as deferred:
                 for c in selected:
                     yield dg.AssetCheckResult(
@@ -82,7 +82,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                 )
             for c in selected:
                 result = evaluate_campaign(
-                    wh, c, end, settings, context.run_id, guard_inputs=guard_inputs
+                    wh, c, end, settings, context.run.run_id, guard_inputs=guard_inputs
                 )
                 context.log.info(result.summary())
                 yield dg.MaterializeResult(asset_key=evaluation_key(c), metadata=result.metadata())
@@ -128,7 +128,7 @@ def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         backend = make_backend(settings)
         try:
             for c in _selected(context, campaigns, sends_key):
-                report = send_campaign(nudge.warehouse, c, backend, settings, context.run_id)
+                report = send_campaign(nudge.warehouse, c, backend, settings, context.run.run_id)
                 context.log.info(report.summary())
                 yield dg.MaterializeResult(asset_key=sends_key(c), metadata=report.metadata())
                 yield dg.AssetCheckResult(

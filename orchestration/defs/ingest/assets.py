@@ -33,7 +33,7 @@ def raw_landing(
     settings = nudge.settings()
     with nudge.warehouse() as wh:
         report = run_ingest(
-            wh, settings.landing_dir, run_id=context.run_id, progress=context.log.info
+            wh, settings.landing_dir, run_id=context.run.run_id, progress=context.log.info
         )
     for kind in RAW_TABLES:
         t = report.totals[kind]

@@ -19,6 +19,6 @@ def evaluation_instant(context: dg.AssetExecutionContext) -> datetime:
     tag = context.run.tags.get(AS_OF_TAG)
     if tag:
         return parse_as_of(tag)
-    record = context.instance.get_run_record_by_id(context.run_id)
+    record = context.instance.get_run_record_by_id(context.run.run_id)
     created = record.create_timestamp if record else datetime.now(UTC)
     return created.astimezone(UTC).replace(tzinfo=None, microsecond=0)
