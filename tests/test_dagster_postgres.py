@@ -19,6 +19,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from support.scenario import land_until, write_profiles
 from test_acceptance import EXPECTED
 
+from nudge.asof import parse_as_of, to_iso
 from nudge.cli import main as nudge
 
 pytestmark = pytest.mark.postgres
@@ -97,8 +98,9 @@ def test_nudge_run_records_its_runs_in_the_postgres_instance(
     runs = instance.get_runs()
     assert sorted(r.job_name for r in runs) == ["nudge_evaluate"] * 2 + ["nudge_send"] * 2
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-    as_of = sorted({r.tags.get("nudge/as_of", "")[:10] for r in runs})
-    assert as_of == [d.isoformat() for d in days]
+    # Each run carries its evaluation instant: the end of the `--as-of` day.
+    instants = sorted({r.tags.get("nudge/as_of", "") for r in runs})
+    assert instants == [to_iso(parse_as_of(d.isoformat())) for d in days]
     materialized = [
         e
         for r in runs
