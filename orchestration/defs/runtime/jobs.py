@@ -7,6 +7,8 @@ import dagster as dg
 # One writer at a time on a DuckDB warehouse: steps run in the run's own process, one after the
 # other, and the instance's run queue limits runs tagged as writers (see dagster.yaml).
 WRITER_TAGS = {"nudge/warehouse_writer": "true"}
+# Send runs never overlap (see dagster.yaml): claims of a live run must not look like a crash's.
+SENDER_TAGS = {**WRITER_TAGS, "nudge/sender": "true"}
 
 evaluate_job = dg.define_asset_job(
     "nudge_evaluate",
@@ -21,7 +23,7 @@ send_job = dg.define_asset_job(
     selection=dg.AssetSelection.key_prefixes(["sends"]),
     description="Deliver the pending entries of every campaign's send ledger.",
     executor_def=dg.in_process_executor,
-    tags=WRITER_TAGS,
+    tags=SENDER_TAGS,
 )
 
 
