@@ -5,6 +5,6 @@ tables is in `nudge.ingest.schema`.
 """
 
 from nudge.ingest.report import FileResult, IngestReport, KindTotals
-from nudge.ingest.run import run_ingest
+from nudge.ingest.run import pending_event_dts, run_ingest
 
-__all__ = ["FileResult", "IngestReport", "KindTotals", "run_ingest"]
+__all__ = ["FileResult", "IngestReport", "KindTotals", "pending_event_dts", "run_ingest"]

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -67,6 +68,22 @@ def discover(landing_dir: Path) -> list[LandingFile]:
                 for f in _files(d, _PROFILE_SUFFIXES)
             )
     return out
+
+
+def select(
+    files: list[LandingFile],
+    *,
+    kinds: Collection[str] | None = None,
+    dts: Collection[date] | None = None,
+) -> list[LandingFile]:
+    """The files of the given kinds, and of the given dt= folders for events (None: all)."""
+    wanted = set(dts) if dts is not None else None
+    return [
+        f
+        for f in files
+        if (kinds is None or f.kind in kinds)
+        and (wanted is None or f.kind != "events" or f.dt in wanted)
+    ]
 
 
 def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -28,18 +28,22 @@ def run_ingest(
     landing_dir: Path,
     run_id: str | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    kinds: Collection[str] | None = None,
+    dts: Collection[date] | None = None,
 ) -> IngestReport:
     """Ingest each dump file not yet ingested in this version; one transaction per file.
 
     A file is identified by (path, content hash). Unchanged size and mtime skip it without
     reading; a changed file is ingested again, its events deduplicated by event_key against
-    everything already loaded (the first copy wins).
+    everything already loaded (the first copy wins). `kinds` and `dts` narrow the files taken
+    (a Dagster partition run ingests its own dt= folder only).
     """
     landing_dir = Path(landing_dir)
     run_id = run_id or f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     report = IngestReport(run_id=run_id)
     ensure_schema(wh)
-    files = landing.discover(landing_dir)
+    files = landing.select(landing.discover(landing_dir), kinds=kinds, dts=dts)
     known = _known_versions(wh)
     log.info("ingest %s: %d dump files under %s", run_id, len(files), landing_dir)
 
@@ -113,6 +117,29 @@ def _ingest_file(
         result = loader.load(lf, counts, ident, run_id, now)
     known.setdefault(lf.rel, []).append((ident.size, ident.mtime, ident.content_hash))
     return result
+
+
+def pending_event_dts(wh: Warehouse, landing_dir: Path) -> list[date]:
+    """The dt= folders holding an event file not yet ingested in its current version.
+
+    Decided by size and mtime, like the ingest's own cheap skip; a touched but unchanged file
+    counts as pending (its ingest then only records the new stat).
+    """
+    ensure_schema(wh)
+    known = _known_versions(wh)
+    pending: set[date] = set()
+    for lf in landing.discover(Path(landing_dir)):
+        if lf.kind != "events" or lf.dt is None:
+            continue
+        try:
+            st = lf.path.stat()
+        except FileNotFoundError:
+            continue
+        if not any(
+            size == st.st_size and mtime == st.st_mtime for size, mtime, _ in known.get(lf.rel, [])
+        ):
+            pending.add(lf.dt)
+    return sorted(pending)
 
 
 def _known_versions(wh: Warehouse) -> dict[str, list[tuple[int, float, str]]]:
