@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -166,12 +167,21 @@ def _event_counts(wh: Warehouse, end: datetime, freshness_hours: float) -> tuple
     return values[0], values[1:]
 
 
-def rejected_share_of_run(wh: Warehouse, run_id: str) -> float | None:
-    """Rejected lines / lines read by the ingest of `run_id` (None: that run read nothing)."""
+def rejected_share_of_run(wh: Warehouse, run_id: str | Sequence[str]) -> float | None:
+    """Rejected lines / lines read by the ingest of `run_id` (None: that run read nothing).
+
+    Several run ids: an evaluation whose new files were ingested by runs of their own.
+    """
     if not wh.table_exists("raw", "ingested_files"):
         return None
+    run_ids = [run_id] if isinstance(run_id, str) else list(run_id)
+    if not run_ids:
+        return None
+    marks = ", ".join("?" for _ in run_ids)
     row = wh.fetchone(
-        "select sum(rejected), sum(lines_read) from raw.ingested_files where run_id = ?", [run_id]
+        "select sum(rejected), sum(lines_read) from raw.ingested_files "
+        f"where run_id in ({marks})",
+        run_ids,
     )
     rejected, lines = row or (None, None)
     if not lines:
@@ -184,7 +194,7 @@ def compute_guard_inputs(
     end: datetime,
     settings: Settings,
     *,
-    run_id: str | None = None,
+    run_id: str | Sequence[str] | None = None,
     rejected_share: float | None = None,
 ) -> GuardInputs:
     """Read what the guards need once per evaluation run and decide the run-wide guards.

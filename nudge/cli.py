@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
     end = parse_as_of(args.as_of)
     _prepare_pipeline(settings)
-    outcomes = run_evaluation(end, _instance())
+    outcomes = run_evaluation(end, _instance(), settings)
     code = _report(outcomes)
     if code == 0:
         from nudge.summary import evaluation_lines
@@ -116,7 +116,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from email_jobs.status import collect_status
-
     from nudge.warehouse import connect
 
     settings = _settings()
@@ -162,7 +161,6 @@ def cmd_test_send(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from email_jobs.send import release
-
     from nudge.runner import run_sends
     from nudge.warehouse import connect
 

@@ -84,7 +84,7 @@ def run_demo(days: int = 35, users: int = 160, events_per_day: int = 6000) -> in
         day = start + timedelta(days=i)
         _land_day(source, landing, day)
         end = datetime.combine(day + timedelta(days=1), datetime.min.time())
-        outcomes = run_evaluation(end, instance)
+        outcomes = run_evaluation(end, instance, settings)
         bad = [o for o in outcomes if not o.success]
         if bad:
             failures += 1

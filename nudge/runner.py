@@ -10,7 +10,7 @@ import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 
@@ -18,9 +18,12 @@ import dagster as dg
 
 from nudge.asof import to_iso
 from nudge.settings import Settings
-from orchestration.defs.runtime.instant import AS_OF_TAG
+from orchestration.defs.runtime.tags import AS_OF_TAG, INGEST_RUNS_TAG
 
 log = logging.getLogger(__name__)
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 LOCAL_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "orchestration" / "dagster.local.yaml"
 
@@ -66,12 +69,15 @@ def execute(
     job_name: str,
     instance: dg.DagsterInstance,
     tags: dict[str, str],
+    *,
+    partition_key: str | None = None,
     asset_selection: Sequence[dg.AssetKey] | None = None,
 ) -> JobOutcome:
     job = definitions().resolve_job_def(job_name)
     result = job.execute_in_process(
         instance=instance,
         tags=tags,
+        partition_key=partition_key,
         raise_on_error=False,
         asset_selection=list(asset_selection) if asset_selection else None,
     )
@@ -81,16 +87,46 @@ def execute(
     return outcome
 
 
+def day_partition(end: datetime) -> str:
+    """The day partition an instant closes: the end of 2026-03-11 is 2026-03-12T00:00."""
+    return (end - timedelta(microseconds=1)).date().isoformat()
+
+
+def _catch_up_ingest(settings: Settings, instance: dg.DagsterInstance) -> list[JobOutcome]:
+    """One ingest run over the dt= folders holding files not yet ingested (any dt)."""
+    from nudge.ingest import pending_event_dts
+    from nudge.warehouse import connect
+    from orchestration.defs.runtime.partitions import days
+
+    with connect(settings) as wh:
+        pending = pending_event_dts(wh, settings.landing_dir)
+    valid = set(days.get_partition_keys())
+    keys = [d.isoformat() for d in pending]
+    outside = [k for k in keys if k not in valid]
+    if outside:
+        log.warning("dt folders outside the day partitions are not ingested: %s", outside)
+    keys = [k for k in keys if k in valid]
+    if not keys:
+        return []
+    tags = {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
+    return [execute("nudge_ingest", instance, tags)]
+
+
 def run_evaluation(
-    end: datetime, instance: dg.DagsterInstance, *, send: bool = True
+    end: datetime, instance: dg.DagsterInstance, settings: Settings, *, send: bool = True
 ) -> list[JobOutcome]:
-    """One evaluation: ingest + dbt + cohorts at `end`, then (when it succeeded) the sends."""
-    tags = {AS_OF_TAG: to_iso(end)}
-    outcomes = [execute("nudge_evaluate", instance, tags)]
-    if send and outcomes[0].success:
-        outcomes.append(
-            execute("nudge_send", instance, {**tags, "nudge/evaluation_run": outcomes[0].run_id})
-        )
+    """One evaluation at `end`: ingest every pending dump file, build, evaluate, then send."""
+    outcomes = _catch_up_ingest(settings, instance)
+    if not all(o.success for o in outcomes):
+        return outcomes
+    tags = {
+        AS_OF_TAG: to_iso(end),
+        INGEST_RUNS_TAG: ",".join(o.run_id for o in outcomes),
+    }
+    outcomes.append(execute("nudge_evaluate", instance, tags, partition_key=day_partition(end)))
+    if send and outcomes[-1].success:
+        send_tags = {AS_OF_TAG: to_iso(end), "nudge/evaluation_run": outcomes[-1].run_id}
+        outcomes.append(execute("nudge_send", instance, send_tags))
     return outcomes
 
 

@@ -12,7 +12,9 @@ from email_jobs.evaluate import EvaluationDeferred, compute_guard_inputs, evalua
 from email_jobs.send import send_campaign
 from orchestration.defs.email.campaigns import manifest_campaigns
 from orchestration.defs.runtime.instant import evaluation_instant
+from orchestration.defs.runtime.partitions import days
 from orchestration.defs.runtime.resources import NudgeResource
+from orchestration.defs.runtime.tags import INGEST_RUNS_TAG
 from orchestration.defs.transform.assets import nudge_dbt_models
 
 OWNERS = ["team:crm"]
@@ -24,6 +26,10 @@ def evaluation_key(campaign: Campaign) -> dg.AssetKey:
 
 def sends_key(campaign: Campaign) -> dg.AssetKey:
     return dg.AssetKey(["sends", campaign.name])
+
+
+def _tagged_runs(context: dg.AssetExecutionContext, tag: str) -> list[str]:
+    return [r for r in context.run.tags.get(tag, "").split(",") if r]
 
 
 def _selected(
@@ -59,6 +65,8 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
             for c in campaigns
         ],
         can_subset=True,
+        partitions_def=days,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     )
     def cohort_evaluations(
         context: dg.AssetExecutionContext, nudge: NudgeResource
@@ -68,7 +76,10 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         selected = _selected(context, campaigns, evaluation_key)
         with nudge.warehouse() as wh:
             try:
-                guard_inputs = compute_guard_inputs(wh, end, settings, run_id=context.run.run_id)
+                # The broken-export share counts the lines this evaluation's ingests read: its
+                # own run's, and those of the ingest runs `nudge run` started for it.
+                ingest_runs = [context.run.run_id, *_tagged_runs(context, INGEST_RUNS_TAG)]
+                guard_inputs = compute_guard_inputs(wh, end, settings, run_id=ingest_runs)
             except EvaluationDeferred as deferred:
                 for c in selected:
                     yield dg.AssetCheckResult(

@@ -1,18 +1,52 @@
-"""Landing folder -> raw tables. One step ingests every file not yet ingested."""
+"""Landing folder -> raw tables: event dumps by dt= partition, profiles whole."""
 
 from collections.abc import Iterator
+from datetime import date
 
 import dagster as dg
 
-from nudge.ingest import run_ingest
+from nudge.ingest import IngestReport, run_ingest
+from orchestration.defs.runtime.partitions import days
 from orchestration.defs.runtime.resources import NudgeResource
 
-RAW_TABLES = {
-    "events": "API-call events from events/dt=*/ dumps, deduplicated by transaction_id.",
-    "users": "Every user profile version from users/*.jsonl[.gz].",
-    "companies": "Every company profile version from companies/*.jsonl[.gz].",
-}
 OWNERS = ["team:data"]
+
+
+def _metadata(report: IngestReport, kind: str) -> dict[str, dg.MetadataValue]:
+    t = report.totals[kind]
+    return {
+        "files": dg.MetadataValue.int(t.files),
+        "lines_read": dg.MetadataValue.int(t.lines_read),
+        "loaded": dg.MetadataValue.int(t.loaded),
+        "duplicates": dg.MetadataValue.int(t.duplicates),
+        "rejected": dg.MetadataValue.int(t.rejected),
+    }
+
+
+@dg.asset(
+    key=["raw", "events"],
+    group_name="ingest",
+    description="API-call events from events/dt=*/ dumps, deduplicated by transaction_id. "
+    "Partition D is the dt=D folder (the day the dump was written, not the events' day).",
+    owners=OWNERS,
+    kinds={"duckdb"},
+    partitions_def=days,
+    # A range of days (a backfill, or `nudge run` catching up) is one run: unchanged files skip.
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)
+def raw_events(context: dg.AssetExecutionContext, nudge: NudgeResource) -> dg.MaterializeResult:
+    settings = nudge.settings()
+    dts = [date.fromisoformat(k) for k in context.partition_keys]
+    with nudge.warehouse() as wh:
+        report = run_ingest(
+            wh,
+            settings.landing_dir,
+            run_id=context.run.run_id,
+            progress=context.log.info,
+            kinds=["events"],
+            dts=dts,
+        )
+    return dg.MaterializeResult(metadata=_metadata(report, "events"))
 
 
 @dg.multi_asset(
@@ -20,35 +54,29 @@ OWNERS = ["team:data"]
         dg.AssetSpec(
             ["raw", kind],
             group_name="ingest",
-            description=description,
+            description=f"Every {kind[:-1]} profile version from {kind}/*.jsonl[.gz].",
             owners=OWNERS,
             kinds={"duckdb"},
         )
-        for kind, description in RAW_TABLES.items()
+        for kind in ("users", "companies")
     ],
 )
-def raw_landing(
+def raw_profiles(
     context: dg.AssetExecutionContext, nudge: NudgeResource
 ) -> Iterator[dg.MaterializeResult]:
     settings = nudge.settings()
     with nudge.warehouse() as wh:
         report = run_ingest(
-            wh, settings.landing_dir, run_id=context.run.run_id, progress=context.log.info
+            wh,
+            settings.landing_dir,
+            run_id=context.run.run_id,
+            progress=context.log.info,
+            kinds=["users", "companies"],
         )
-    for kind in RAW_TABLES:
-        t = report.totals[kind]
-        yield dg.MaterializeResult(
-            asset_key=["raw", kind],
-            metadata={
-                "files": dg.MetadataValue.int(t.files),
-                "lines_read": dg.MetadataValue.int(t.lines_read),
-                "loaded": dg.MetadataValue.int(t.loaded),
-                "duplicates": dg.MetadataValue.int(t.duplicates),
-                "rejected": dg.MetadataValue.int(t.rejected),
-            },
-        )
+    for kind in ("users", "companies"):
+        yield dg.MaterializeResult(asset_key=["raw", kind], metadata=_metadata(report, kind))
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(assets=[raw_landing])
+    return dg.Definitions(assets=[raw_events, raw_profiles])

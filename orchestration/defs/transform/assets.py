@@ -11,6 +11,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from nudge.asof import to_iso
 from nudge.warehouse import writer_lock
 from orchestration.defs.runtime.instant import evaluation_instant
+from orchestration.defs.runtime.partitions import days
 from orchestration.defs.runtime.resources import NudgeResource
 from orchestration.defs.transform.project import nudge_dbt_project
 
@@ -49,6 +50,9 @@ def dbt_build_args(as_of: datetime) -> list[str]:
     manifest=nudge_dbt_project.manifest_path,
     project=nudge_dbt_project,
     dagster_dbt_translator=NudgeDbtTranslator(),
+    # Cohorts are built as of one instant: each day of a backfill is its own `dbt build`.
+    partitions_def=days,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
 )
 def nudge_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, nudge: NudgeResource
