@@ -103,14 +103,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from nudge.generate import generate
 
-    report = generate(
-        Path(args.out),
-        users=args.users,
-        days=args.days,
-        events_per_day=args.events_per_day,
-        seed=args.seed,
-    )
-    print(report.describe() if hasattr(report, "describe") else report)
+    try:
+        report = generate(
+            Path(args.out),
+            users=args.users,
+            days=args.days,
+            events_per_day=args.events_per_day,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+    except (FileExistsError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(report.describe())
     return 0
 
 
@@ -220,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--days", type=int, default=35)
     sp.add_argument("--events-per-day", type=int, default=4000)
     sp.add_argument("--seed", type=int, default=7)
+    sp.add_argument("--overwrite", action="store_true", help="replace dumps already in --out")
 
     sp = add("release", cmd_release, "send a campaign's held entries (and unknown ones)")
     sp.add_argument("campaign")

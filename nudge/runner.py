@@ -57,6 +57,9 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data:
             err = event.step_failure_data.error
+            # The framework wraps the step's own exception: report the innermost cause.
+            while err is not None and err.cause is not None:
+                err = err.cause
             user = event.step_failure_data.user_failure_data
             text = (user.description if user and user.description else None) or (
                 err.message.strip() if err else "step failed"

@@ -1,0 +1,183 @@
+"""The Dagster wiring: definitions load, partitions, the landing sensor, the schedule, backfills
+that never mail, and two runs started together on one DuckDB warehouse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from support.scenario import land_until, write_profiles
+
+from nudge.ingest.watch import changes_since, event_file_versions
+from nudge.runner import day_partition
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    landing = tmp_path / "landing"
+    write_profiles(landing)
+    monkeypatch.setenv("NUDGE_LANDING_DIR", str(landing))
+    monkeypatch.setenv("NUDGE_WAREHOUSE", f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    monkeypatch.setenv("NUDGE_OUTBOX_DIR", str(tmp_path / "outbox"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    return landing
+
+
+def test_definitions_load_with_every_job_schedule_and_sensor(dbt_manifest) -> None:
+    from orchestration.definitions import defs
+
+    d = defs()
+    d.validate_loadable(d)
+    assert {j.name for j in d.jobs} >= {"nudge_ingest", "nudge_evaluate", "nudge_send"}
+    assert {s.name for s in d.schedules} == {"nudge_daily"}
+    assert {s.name for s in d.sensors} == {
+        "landing_files",
+        "send_after_evaluation",
+        "record_run_failures",
+    }
+    keys = {k.to_user_string() for k in d.resolve_all_asset_keys()}
+    assert {"raw/events", "raw/users", "raw/companies"} <= keys
+    assert {"evaluations/too_many_4xx_7d", "sends/too_many_4xx_7d"} <= keys
+
+
+def test_an_instant_belongs_to_the_day_it_closes() -> None:
+    assert day_partition(datetime(2026, 3, 12)) == "2026-03-11"
+    assert day_partition(datetime(2026, 3, 12, 14, 30)) == "2026-03-12"
+
+
+def test_dbt_builds_once_at_the_instant_without_unit_tests() -> None:
+    from orchestration.defs.transform.assets import dbt_build_args
+
+    args = dbt_build_args(datetime(2026, 3, 12))
+    assert args[0] == "build"
+    assert args[args.index("--exclude-resource-type") + 1] == "unit_test"
+    assert json.loads(args[args.index("--vars") + 1]) == {"nudge_as_of": "2026-03-12T00:00:00Z"}
+
+
+def test_changed_files_are_grouped_by_dt_and_trigger_once_per_version(tmp_path: Path) -> None:
+    land_until(tmp_path, date(2026, 3, 11), first=date(2026, 3, 10))
+    first = changes_since({}, event_file_versions(tmp_path))
+    assert set(first.dts) == {date(2026, 3, 10), date(2026, 3, 11)}
+    again = changes_since(first.cursor, event_file_versions(tmp_path))
+    assert again.dts == {}
+
+    changed = tmp_path / "events" / "dt=2026-03-11" / "part-0.jsonl"
+    changed.write_text(changed.read_text() + changed.read_text().splitlines()[0] + "\n")
+    after = changes_since(first.cursor, event_file_versions(tmp_path))
+    assert after.dts == {date(2026, 3, 11): ["events/dt=2026-03-11/part-0.jsonl"]}
+    # The same file version asks with the same run key (Dagster then runs it once).
+    assert after.run_key(date(2026, 3, 11)) == changes_since(
+        first.cursor, event_file_versions(tmp_path)
+    ).run_key(date(2026, 3, 11))
+
+
+def test_landing_sensor_requests_exactly_the_changed_partitions(env: Path, dbt_manifest) -> None:
+    from orchestration.defs.runtime.automation import landing_files
+
+    land_until(env, date(2026, 3, 11), first=date(2026, 3, 9))
+    with dg.instance_for_test() as instance:
+        result = landing_files(dg.build_sensor_context(instance=instance, cursor=None))
+        assert sorted(r.partition_key for r in result.run_requests) == [
+            "2026-03-09",
+            "2026-03-10",
+            "2026-03-11",
+        ]
+        # The cursor survives a restart: the next tick from it asks for nothing new.
+        quiet = landing_files(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+        assert quiet.run_requests == []
+        land_until(env, date(2026, 3, 12))
+        newer = landing_files(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+        assert [r.partition_key for r in newer.run_requests] == ["2026-03-12"]
+
+
+def test_daily_schedule_evaluates_the_day_that_just_ended(dbt_manifest) -> None:
+    from orchestration.defs.runtime.automation import daily_schedule
+
+    schedule = daily_schedule("0 6 * * *")
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 12, 6, tzinfo=UTC))
+    request = schedule.evaluation_fn(ctx)
+    assert request.partition_key == "2026-03-11"
+
+
+@pytest.mark.integration
+def test_backfill_of_past_days_reingests_and_reevaluates_without_sending(
+    env: Path, tmp_path: Path, dbt_manifest
+) -> None:
+    from nudge.cli import main as nudge
+    from nudge.runner import execute
+    from nudge.settings import load_settings
+    from nudge.warehouse import connect
+
+    land_until(env, date(2026, 3, 12))
+    for day in ("2026-03-10", "2026-03-11", "2026-03-12"):
+        assert nudge(["run", "--as-of", day]) == 0
+    outbox = tmp_path / "outbox"
+    sent_before = sorted(p.name for p in outbox.glob("*.eml"))
+    assert sent_before  # the scenario mails on 03-11 and 03-12
+
+    def counts() -> tuple[int, int]:
+        with connect(load_settings()) as wh:
+            events = wh.fetchone("select count(*) from raw.events")[0]
+            ledger = wh.fetchone("select count(*) from nudge.send_ledger")[0]
+        return events, ledger
+
+    events_before, _ = counts()
+    # What a backfill launched from the UI does for each past day: a run of that partition.
+    # ua_old (signed up 02-12) enters the not-activated cohort at the end of 02-19.
+    instance = dg.DagsterInstance.get()
+    for day in ("2026-02-18", "2026-02-19"):
+        assert execute("nudge_evaluate", instance, {}, partition_key=day).success
+        assert execute("nudge_send", instance, {}).success
+    events_after, _ = counts()
+    assert events_after == events_before  # re-ingested without duplicating
+    assert sorted(p.name for p in outbox.glob("*.eml")) == sent_before  # nobody mailed
+    with connect(load_settings()) as wh:
+        evaluated = {
+            r[0]
+            for r in wh.fetchall(
+                "select distinct as_of from nudge.evaluations where as_of < ?",
+                [datetime(2026, 3, 1)],
+            )
+        }
+        backfilled = wh.fetchall(
+            "select campaign, entity_id, state, reason from nudge.send_ledger "
+            "where entry_as_of < ?",
+            [datetime(2026, 3, 1)],
+        )
+    assert evaluated == {datetime(2026, 2, 19), datetime(2026, 2, 20)}  # as of each day's end
+    assert [(c, e, s) for c, e, s, _ in backfilled] == [("not_activated_7d", "ua_old", "skipped")]
+    assert "stale" in backfilled[0][3]
+
+
+@pytest.mark.integration
+def test_two_runs_started_together_on_duckdb_both_succeed(env: Path, tmp_path: Path) -> None:
+    land_until(env, date(2026, 3, 11))
+    nudge = [sys.executable, "-m", "nudge.cli", "run", "--as-of"]
+    procs = [
+        subprocess.Popen(
+            [*nudge, day],
+            cwd=REPO,
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for day in ("2026-03-10", "2026-03-11")
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    from nudge.settings import load_settings
+    from nudge.warehouse import connect
+
+    with connect(load_settings()) as wh:
+        instants = {r[0] for r in wh.fetchall("select distinct as_of from nudge.evaluations")}
+    assert instants == {datetime(2026, 3, 11), datetime(2026, 3, 12)}
