@@ -37,6 +37,15 @@ def _prepare_pipeline(settings: Settings) -> None:
     check_ready(settings)
     ensure_dagster_home(settings)
     ensure_manifest()
+    # A broken cohort yml or template fails here, in one line naming the model, rather than
+    # deep inside the code location's loading.
+    from email_jobs.campaigns import CampaignError
+    from orchestration.defs.email.campaigns import manifest_campaigns
+
+    try:
+        manifest_campaigns()
+    except CampaignError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _instance():
