@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = add("demo", cmd_demo, "generate demo dumps and run the pipeline day by day")
-    sp.add_argument("--days", type=int, default=35)
+    sp.add_argument("--days", type=int, default=28)
     sp.add_argument("--users", type=int, default=160)
     sp.add_argument("--events-per-day", type=int, default=6000)
 

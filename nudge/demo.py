@@ -51,7 +51,7 @@ def _reset(settings: Settings) -> None:
         shutil.rmtree(DEMO_DIR)
 
 
-def run_demo(days: int = 35, users: int = 160, events_per_day: int = 6000) -> int:
+def run_demo(days: int = 28, users: int = 160, events_per_day: int = 6000) -> int:
     from nudge.asof import to_iso
     from nudge.cli import _instance, _prepare_pipeline, _settings
     from nudge.generate import generate
