@@ -120,3 +120,71 @@ def content_hash(path: Path) -> str:
     """sha256 of the file's bytes as stored (compressed files are hashed compressed)."""
     with path.open("rb") as f:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class BrokenGzip:
+    """What can still be read from a gzip file whose stream breaks off (truncated or corrupt)."""
+
+    lines: int  # complete lines (terminated by a line break) written to the destination
+    tail: bytes  # the start of the bytes after the last line break: a line cut short
+    readable: int  # decompressed bytes before the break
+    compressed: int  # compressed bytes consumed before the break
+    problem: str  # "ends early" or "is corrupt"
+
+
+_TAIL_KEEP = 64 * 1024
+
+
+def read_broken_gzip(path: Path, dest: Path) -> BrokenGzip | None:
+    """Write the complete lines of a gzip file that cannot be read to its end to `dest`
+    (uncompressed) and describe the break; None when the file reads to its end after all.
+
+    DuckDB refuses the whole file when its gzip stream ends early (an upload cut off, a copy
+    still running); the complete lines before the break are worth loading, and the break itself
+    is worth reporting. Concatenated gzip members are followed as gzip itself does.
+    """
+    consumed = readable = lines = 0
+    pending = bytearray()  # decompressed bytes after the last line break written
+    in_member = False  # bytes of the current member were fed and its end not yet seen
+    problem: str | None = None
+    d = zlib.decompressobj(wbits=31)
+    with path.open("rb") as f, dest.open("wb") as out:
+
+        def emit(data: bytes) -> None:
+            nonlocal readable, lines
+            readable += len(data)
+            pending.extend(data)
+            cut = pending.rfind(b"\n") + 1
+            if cut:
+                out.write(pending[:cut])
+                lines += pending.count(b"\n", 0, cut)
+                del pending[:cut]
+
+        while problem is None and (chunk := f.read(1024 * 1024)):
+            while chunk:
+                try:
+                    emit(d.decompress(chunk))
+                except zlib.error:
+                    problem = "is corrupt"
+                    break
+                if not d.eof:
+                    consumed += len(chunk)
+                    in_member = True
+                    break
+                consumed += len(chunk) - len(d.unused_data)
+                chunk = d.unused_data  # the next member, if any
+                in_member = False
+                d = zlib.decompressobj(wbits=31)
+    if problem is None:
+        if not in_member:
+            return None
+        emit(d.flush())
+        problem = "ends early"
+    return BrokenGzip(
+        lines=lines,
+        tail=bytes(pending[:_TAIL_KEEP]),
+        readable=readable,
+        compressed=consumed,
+        problem=problem,
+    )

@@ -10,8 +10,9 @@ Kind = Literal["events", "users", "companies"]
 KINDS: tuple[Kind, ...] = ("events", "users", "companies")
 
 # loaded: ingested now; skipped: this version was ingested before; vanished: listed, then gone
-# before it could be read (not recorded, so it is picked up again if it comes back).
-FileStatus = Literal["loaded", "skipped", "vanished"]
+# before it could be read (not recorded, so it is picked up again if it comes back); changing:
+# its size or mtime changed while it was read (still being written; not recorded, retried).
+FileStatus = Literal["loaded", "skipped", "vanished", "changing"]
 
 
 @dataclass
@@ -86,6 +87,10 @@ class IngestReport:
     def vanished(self) -> list[FileResult]:
         return [r for r in self.files if r.status == "vanished"]
 
+    @property
+    def changing(self) -> list[FileResult]:
+        return [r for r in self.files if r.status == "changing"]
+
     def summary(self) -> str:
         t = self.totals
         parts = [
@@ -96,5 +101,6 @@ class IngestReport:
         return (
             f"ingest {self.run_id}: "
             + "; ".join(parts)
-            + f"; {len(self.skipped)} files unchanged, {len(self.vanished)} vanished"
+            + f"; {len(self.skipped)} files unchanged, {len(self.vanished)} vanished, "
+            f"{len(self.changing)} still being written"
         )

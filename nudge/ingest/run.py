@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import uuid
 from collections.abc import Callable, Collection
 from datetime import UTC, date, datetime
@@ -13,8 +15,15 @@ import duckdb
 from nudge.ingest import landing
 from nudge.ingest.landing import LandingFile
 from nudge.ingest.loading import FileIdentity, Loader, ensure_schema
-from nudge.ingest.report import FileResult, IngestReport
-from nudge.ingest.staging import FileVanished, prepare, restore, stage_file
+from nudge.ingest.report import FileResult, FileStatus, IngestReport
+from nudge.ingest.staging import (
+    FileVanished,
+    StageCounts,
+    prepare,
+    restore,
+    stage_broken_gzip,
+    stage_file,
+)
 from nudge.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -104,13 +113,24 @@ def _ingest_file(
     ident = FileIdentity(size=st.st_size, mtime=st.st_mtime, content_hash=digest)
     now = datetime.now(UTC).replace(tzinfo=None)
     try:
-        counts = stage_file(parser, lf.kind, lf.path, shape)
+        counts = _stage(lf, shape, parser)
     except FileVanished:
         log.warning("%s vanished while being read; it will be retried", lf.rel)
         return vanished
     except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-        # Corrupt compression and the like: nothing in the file is readable.
+        counts = None
         reason = f"cannot read file: {_first_line(exc)}"
+    moved = _moved_since(lf, st)
+    if moved == "vanished":
+        log.warning("%s vanished while being read; it will be retried", lf.rel)
+        return vanished
+    if moved == "changing":
+        # Still being written (or replaced) while it was read: recording what was read would
+        # keep a half file (and a cut-off last line) as ingested. The next run takes it whole.
+        log.warning("%s changed while being read; it will be ingested once it is stable", lf.rel)
+        return FileResult(kind=lf.kind, path=lf.rel, status="changing", dt=lf.dt)
+    if counts is None:
+        # Nothing in the file is readable (a corrupt gzip header and the like).
         log.warning("%s: %s", lf.rel, reason)
         result = loader.record_unreadable(lf, ident, reason, run_id, now)
     else:
@@ -140,6 +160,34 @@ def pending_event_dts(wh: Warehouse, landing_dir: Path) -> list[date]:
         ):
             pending.add(lf.dt)
     return sorted(pending)
+
+
+def _stage(
+    lf: LandingFile, shape: landing.FileShape, parser: duckdb.DuckDBPyConnection
+) -> StageCounts:
+    """Stage one file; a gzip stream that breaks off keeps its complete lines (see
+    `stage_broken_gzip`)."""
+    try:
+        return stage_file(parser, lf.kind, lf.path, shape, lf.dt)
+    except duckdb.IOException:
+        if not shape.gzip:
+            raise
+        with tempfile.TemporaryDirectory(prefix="nudge-gzip-") as tmp:
+            counts = stage_broken_gzip(parser, lf.kind, lf.path, lf.dt, Path(tmp))
+        if counts is None:
+            raise
+        return counts
+
+
+def _moved_since(lf: LandingFile, before: os.stat_result) -> FileStatus | None:
+    """`vanished` or `changing` when the file is not as it was before it was hashed and read."""
+    try:
+        now = lf.path.stat()
+    except FileNotFoundError:
+        return "vanished"
+    if (now.st_size, now.st_mtime) != (before.st_size, before.st_mtime):
+        return "changing"
+    return None
 
 
 def _known_versions(wh: Warehouse) -> dict[str, list[tuple[int, float, str]]]:

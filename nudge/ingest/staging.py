@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from nudge.ingest.landing import FileShape
+from nudge.ingest.landing import FileShape, read_broken_gzip
 from nudge.ingest.report import Kind
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,13 @@ def _utc(expr: str) -> str:
 
 # Per kind: the test a good row passes (first, so clean rows leave the CASE at once), the
 # reasons a non-blank object fails it, and the typed columns of a good row.
+# Events: `$LATEST` is the latest plausible event time of the file (see `_latest`).
+EARLIEST_EVENT_TIME = "2000-01-01"
 _GOOD: dict[Kind, str] = {
-    "events": "ts is not null and (j.response.status is null or st is not null)",
+    "events": (
+        f"ts is not null and ts >= timestamp '{EARLIEST_EVENT_TIME}' and ts < $LATEST "
+        "and (j.response.status is null or st is not null)"
+    ),
     "users": (
         "nullif(trim(j.user_id), '') is not null and (j.modified_time is null or ts is not null)"
     ),
@@ -122,6 +128,10 @@ _FAILS: dict[Kind, str] = {
     "events": """
         when j.request."time" is null then 'missing request.time'
         when ts is null then 'request.time is not an ISO 8601 time: ' || left(j.request."time", 80)
+        when ts < timestamp '$EARLIEST' then 'request.time is before $EARLIEST (a clock reset or '
+            || 'a default value): ' || left(j.request."time", 80)
+        when ts >= $LATEST then 'request.time is more than a day after the end of its dump''s '
+            || 'day ($DT): ' || left(j.request."time", 80)
         else 'response.status is not an integer: ' || left(j.response.status, 80)""",
     "users": """
         when nullif(trim(j.user_id), '') is null then 'missing user_id'
@@ -168,6 +178,12 @@ class FileVanished(Exception):
     """The file was listed but could not be opened any more."""
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    latest: str  # SQL timestamp: event times from it on are rejected
+    dt: str  # the dump day, for the reason text
+
+
 @dataclass
 class StageCounts:
     lines_read: int  # non-blank lines (or array elements)
@@ -206,26 +222,86 @@ def _read_lines(shape: FileShape, line_max: int) -> str:
     # new_line '\r\n' also ends lines at a bare '\n'; with '\n' a CRLF file gets extra rows.
 
 
+def _latest(dt: date | None) -> str:
+    """SQL for the first event time that cannot be genuine in the dump folder dt=D.
+
+    A dump written on day D (UTC) holds events up to the end of D; a day more allows for skewed
+    clocks. Later times (a client's wrong clock, a year typed wrong) would count toward windows
+    that have not happened yet, so they are rejected: decided from the data, never from the wall
+    clock, so a replay decides the same way.
+    """
+    if dt is None:
+        return "timestamp 'infinity'"
+    return f"timestamp '{(dt + timedelta(days=2)).isoformat()}'"
+
+
 def stage_file(
-    conn: duckdb.DuckDBPyConnection, kind: Kind, path: Path, shape: FileShape
+    conn: duckdb.DuckDBPyConnection,
+    kind: Kind,
+    path: Path,
+    shape: FileShape,
+    dt: date | None = None,
 ) -> StageCounts:
-    """Parse `path` into STAGE / STAGED (columns of COLUMNS[kind], reason, raw_text, line_no)."""
+    """Parse `path` into STAGE / STAGED (columns of COLUMNS[kind], reason, raw_text, line_no).
+
+    `dt` is the events' dump day: event times from before 2000 or more than a day after the end
+    of that day are rejected.
+    """
+    bounds = _Bounds(latest=_latest(dt), dt=f"dt={dt.isoformat()}" if dt else "no dt")
     try:
-        if shape.is_array and _stage_array(conn, kind, path, shape):
+        if shape.is_array and _stage_array(conn, kind, path, shape, bounds):
             return _counts(conn)
-        _stage_lines(conn, kind, path, shape, DEFAULT_LINE_MAX)
+        _stage_lines(conn, kind, path, shape, DEFAULT_LINE_MAX, bounds)
         long_lines = _csv_rejects(conn, "error_type = 'LINE SIZE OVER MAXIMUM'")
         if long_lines:
             log.info(
                 "%s: %d lines over %d bytes; reading again", path, long_lines, DEFAULT_LINE_MAX
             )
-            _stage_lines(conn, kind, path, shape, LONG_LINE_MAX)
+            _stage_lines(conn, kind, path, shape, LONG_LINE_MAX, bounds)
         _number_lines(conn)
         return _counts(conn)
     except duckdb.IOException as exc:
         if not path.exists():
             raise FileVanished(str(path)) from exc
         raise
+
+
+def stage_broken_gzip(
+    conn: duckdb.DuckDBPyConnection,
+    kind: Kind,
+    path: Path,
+    dt: date | None,
+    workdir: Path,
+) -> StageCounts | None:
+    """Stage the complete lines of a gzip file whose stream breaks off, plus one rejected row
+    for the line cut short (its text as far as it goes), whose reason says the file is
+    truncated. None when the file is not gzip data at all (or it reads to its end after all).
+    """
+    body = workdir / "readable-part.jsonl"
+    try:
+        broken = read_broken_gzip(path, body)
+    except FileNotFoundError as exc:
+        raise FileVanished(str(path)) from exc
+    if broken is None or (broken.readable == 0 and broken.problem == "is corrupt"):
+        return None  # not a gzip stream at all: reported as an unreadable file
+    # A placeholder last line stands for the line cut short; it is rejected as not JSON and
+    # then given its real text and reason.
+    with body.open("ab") as f:
+        f.write(b"-\n")
+    what = "file truncated" if broken.problem == "ends early" else "file damaged"
+    reason = (
+        f"{what}: its gzip stream {broken.problem} after {broken.readable} bytes of data "
+        f"({broken.compressed} compressed bytes): the data breaks off in this line, and anything "
+        "after it is lost - export the file again"
+    )
+    stage_file(conn, kind, body, FileShape(gzip=False, is_array=False, crlf=False), dt)
+    conn.execute(
+        f"update {STAGE} set reason = ?, raw_text = ? "
+        f"where rowid = (select max(rowid) from {STAGE})",
+        [reason, broken.tail.decode("utf-8", "replace")[:RAW_TEXT_MAX]],
+    )
+    log.warning("%s: %s (line %d)", path, reason, broken.lines + 1)
+    return _counts(conn)
 
 
 def _drop_csv_rejects(conn: duckdb.DuckDBPyConnection) -> None:
@@ -242,20 +318,27 @@ def _csv_rejects(conn: duckdb.DuckDBPyConnection, where: str = "true") -> int:
 
 
 def _stage_lines(
-    conn: duckdb.DuckDBPyConnection, kind: Kind, path: Path, shape: FileShape, line_max: int
+    conn: duckdb.DuckDBPyConnection,
+    kind: Kind,
+    path: Path,
+    shape: FileShape,
+    line_max: int,
+    bounds: _Bounds,
 ) -> None:
     source = _read_lines(shape, line_max)
     try:
         _drop_csv_rejects(conn)
-        conn.execute(_stage_sql(kind, source, guarded=False), [str(path)])
+        conn.execute(_stage_sql(kind, source, bounds, guarded=False), [str(path)])
     except duckdb.InvalidInputException as exc:
         # Malformed JSON somewhere in the file: stage again, parsing only valid lines.
         log.info("%s: malformed JSON (%s); quarantining line by line", path, str(exc)[:120])
         _drop_csv_rejects(conn)
-        conn.execute(_stage_sql(kind, source, guarded=True), [str(path)])
+        conn.execute(_stage_sql(kind, source, bounds, guarded=True), [str(path)])
 
 
-def _stage_array(conn: duckdb.DuckDBPyConnection, kind: Kind, path: Path, shape: FileShape) -> bool:
+def _stage_array(
+    conn: duckdb.DuckDBPyConnection, kind: Kind, path: Path, shape: FileShape, bounds: _Bounds
+) -> bool:
     """One JSON array per file (Moesif's batch shape, maybe pretty-printed): stage its elements.
 
     Returns False when the file is not one valid JSON array; it is then read line by line.
@@ -269,7 +352,11 @@ def _stage_array(conn: duckdb.DuckDBPyConnection, kind: Kind, path: Path, shape:
     if _csv_rejects(conn):
         return False
     doc = f"(select string_agg(coalesce(line, ''), chr(10) order by rowid) as doc from {_LINES})"
-    row = conn.execute(f"select json_valid(doc) and json_type(doc) = 'ARRAY' from {doc}").fetchone()
+    # CASE, not AND: DuckDB evaluates both sides of AND, and json_type raises on invalid JSON
+    # (a lines file whose first line is an array would become unreadable).
+    row = conn.execute(
+        f"select case when json_valid(doc) then json_type(doc) = 'ARRAY' else false end from {doc}"
+    ).fetchone()
     if not (row and row[0]):
         return False
     conn.execute(
@@ -277,7 +364,7 @@ def _stage_array(conn: duckdb.DuckDBPyConnection, kind: Kind, path: Path, shape:
         f"select unnest(json_extract(doc, '$[*]'))::varchar as line from {doc}"
     )
     # Elements are re-serialized valid JSON, so the unguarded parse cannot fail.
-    conn.execute(_stage_sql(kind, f"(select line from {_ELEMS})", guarded=False))
+    conn.execute(_stage_sql(kind, f"(select line from {_ELEMS})", bounds, guarded=False))
     conn.execute(
         f"create or replace temp view {STAGED} as select *, rowid + 1 as line_no from {STAGE}"
     )
@@ -327,12 +414,19 @@ def _counts(conn: duckdb.DuckDBPyConnection) -> StageCounts:
     return StageCounts(lines_read=int(row[0]), good=int(row[1]), rejected=int(row[2]))
 
 
-def _stage_sql(kind: Kind, source: str, *, guarded: bool) -> str:
+def _stage_sql(kind: Kind, source: str, bounds: _Bounds, *, guarded: bool) -> str:
     structure = json.dumps(STRUCTURES[kind]).replace("'", "''")
     parse = f"json_transform(line, '{structure}')"
     if guarded:
         parse = f"case when json_valid(line) then {parse} end"
     # `reason`: null for a good row, '' for a blank line (not a line read), else why rejected.
+    good = _GOOD[kind].replace("$LATEST", bounds.latest)
+    fails = (
+        _FAILS[kind]
+        .replace("$LATEST", bounds.latest)
+        .replace("$EARLIEST", EARLIEST_EVENT_TIME)
+        .replace("$DT", bounds.dt)
+    )
     return f"""
     create or replace temp table {STAGE} as
     with parsed as (
@@ -341,12 +435,12 @@ def _stage_sql(kind: Kind, source: str, *, guarded: bool) -> str:
         select line, j, {_TYPED[kind]} from parsed
     ), judged as (
         select *, case
-            when {_GOOD[kind]} then null
+            when {good} then null
             when line is null or trim(line, ' \t\r\n') = '' then ''
             when j is null and not json_valid(line) then 'not valid JSON'
             when j is null or json_type(line) <> 'OBJECT'
                 then 'not a JSON object: ' || lower(json_type(line))
-            {_FAILS[kind]}
+            {fails}
         end as reason
         from typed
     )
