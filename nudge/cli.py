@@ -252,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.verbose:
+        import nudge.runner
+
+        nudge.runner.console_log_level = "INFO"
     try:
         return args.fn(args)
     except (ConfigError, UserError, ValueError) as exc:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -21,6 +22,9 @@ from nudge.settings import Settings
 from orchestration.defs.runtime.tags import AS_OF_TAG, INGEST_RUNS_TAG
 
 log = logging.getLogger(__name__)
+
+# `nudge -v` raises it to INFO.
+console_log_level = "WARNING"
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -77,17 +81,44 @@ def execute(
     asset_selection: Sequence[dg.AssetKey] | None = None,
 ) -> JobOutcome:
     job = definitions().resolve_job_def(job_name)
-    result = job.execute_in_process(
+    # dbt's own progress lines go to stdout; in the terminal they would bury Nudge's summary,
+    # so unless verbose they go to a log file in DAGSTER_HOME (the UI has every event anyway).
+    with _step_output(instance, job_name) as log_file:
+        result = _execute(job, instance, tags, partition_key, asset_selection)
+    outcome = JobOutcome(job_name, result.run_id, result.success)
+    if not result.success:
+        outcome.error = _failure_message(result)
+        if log_file:
+            outcome.error += f" (step output: {log_file})"
+    return outcome
+
+
+@contextmanager
+def _step_output(instance: dg.DagsterInstance, job_name: str) -> Iterator[Path | None]:
+    if console_log_level == "INFO":
+        yield None
+        return
+    path = Path(instance.root_directory) / f"last-{job_name}.log"  # the job's latest run
+    with path.open("w", encoding="utf-8") as out, redirect_stdout(out):
+        yield path
+
+
+def _execute(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    tags: dict[str, str],
+    partition_key: str | None,
+    asset_selection: Sequence[dg.AssetKey] | None,
+) -> dg.ExecuteInProcessResult:
+    return job.execute_in_process(
+        # The full event log is in the instance (and the UI); the terminal gets warnings only.
+        run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
         instance=instance,
         tags=tags,
         partition_key=partition_key,
         raise_on_error=False,
         asset_selection=list(asset_selection) if asset_selection else None,
     )
-    outcome = JobOutcome(job_name, result.run_id, result.success)
-    if not result.success:
-        outcome.error = _failure_message(result)
-    return outcome
 
 
 def day_partition(end: datetime) -> str:
