@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nudge.ingest import IngestReport, landing, run_ingest
+from nudge.ingest import IngestReport, fastpath, landing, run_ingest
 from nudge.settings import load_settings
 from nudge.warehouse import Warehouse, connect
 
@@ -162,16 +162,16 @@ def test_a_file_that_grows_while_read_is_not_recorded_and_is_taken_whole_later(
     done.write_bytes(jsonl([event("d1")]))
     growing = day / "growing.jsonl"
     growing.write_bytes(jsonl([event("g1")]) + b'{"transaction_id": "g2", "requ')
-    real_hash = landing.content_hash
+    real_scan = fastpath.scan  # hashes the file (and counts its lines) before it is parsed
 
-    def writer_appends_meanwhile(path: Path) -> str:
-        digest = real_hash(path)
+    def writer_appends_meanwhile(path: Path) -> fastpath.Scanned:
+        scanned = real_scan(path)
         if path == growing:  # the uploader goes on writing while Nudge reads
             with path.open("ab") as f:
                 f.write(b'est": {"time": "2026-11-27T06:00:00"}}\n')
-        return digest
+        return scanned
 
-    monkeypatch.setattr(landing, "content_hash", writer_appends_meanwhile)
+    monkeypatch.setattr(fastpath, "scan", writer_appends_meanwhile)
     report = run_ingest(wh, landing_of(day), run_id="r1")
     monkeypatch.undo()
 

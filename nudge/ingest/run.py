@@ -13,8 +13,9 @@ from pathlib import Path
 import duckdb
 
 from nudge.ingest import landing
+from nudge.ingest.fastpath import Prefetch
 from nudge.ingest.landing import LandingFile
-from nudge.ingest.loading import FileIdentity, Loader, ensure_schema
+from nudge.ingest.loading import FileIdentity, Loader, ensure_schema, few_checkpoints
 from nudge.ingest.report import FileResult, FileStatus, IngestReport
 from nudge.ingest.staging import (
     FileVanished,
@@ -61,15 +62,18 @@ def run_ingest(
     if wh.kind == "postgres":
         wh.execute("select pg_advisory_lock(?)", [_PG_LOCK_KEY])
     loader = Loader(wh, parser)
+    prefetch = Prefetch(_to_read(files, known))
     try:
-        for i, lf in enumerate(files, 1):
-            result = _ingest_file(lf, known, loader, parser, run_id)
-            report.files.append(result)
-            msg = f"[{i}/{len(files)}] {_describe(result)}"
-            log.info(msg)
-            if progress is not None:
-                progress(msg)
+        with few_checkpoints(wh):
+            for i, lf in enumerate(files, 1):
+                result = _ingest_file(lf, known, loader, parser, run_id, prefetch)
+                report.files.append(result)
+                msg = f"[{i}/{len(files)}] {_describe(result)}"
+                log.info(msg)
+                if progress is not None:
+                    progress(msg)
     finally:
+        prefetch.close()
         loader.close()
         if wh.kind == "postgres":
             wh.execute("select pg_advisory_unlock(?)", [_PG_LOCK_KEY])
@@ -88,6 +92,7 @@ def _ingest_file(
     loader: Loader,
     parser: duckdb.DuckDBPyConnection,
     run_id: str,
+    prefetch: Prefetch,
 ) -> FileResult:
     vanished = FileResult(kind=lf.kind, path=lf.rel, status="vanished", dt=lf.dt)
     try:
@@ -95,7 +100,11 @@ def _ingest_file(
         versions = known.get(lf.rel, [])
         if any(size == st.st_size and mtime == st.st_mtime for size, mtime, _ in versions):
             return FileResult(kind=lf.kind, path=lf.rel, status="skipped", dt=lf.dt)
-        digest = landing.content_hash(lf.path)
+        scanned = prefetch.get(lf.path)  # hashed ahead, while the previous file was parsed
+        if (scanned.size, scanned.mtime) != (st.st_size, st.st_mtime):
+            log.warning("%s changed while being read; it will be retried once stable", lf.rel)
+            return FileResult(kind=lf.kind, path=lf.rel, status="changing", dt=lf.dt)
+        digest = scanned.content_hash
         if any(h == digest for _, _, h in versions):
             # Same bytes, new mtime (copied, touched): remember the new stat to skip cheaply.
             loader.wh.execute(
@@ -113,7 +122,7 @@ def _ingest_file(
     ident = FileIdentity(size=st.st_size, mtime=st.st_mtime, content_hash=digest)
     now = datetime.now(UTC).replace(tzinfo=None)
     try:
-        counts = _stage(lf, shape, parser)
+        counts = _stage(lf, shape, parser, scanned.lines)
     except FileVanished:
         log.warning("%s vanished while being read; it will be retried", lf.rel)
         return vanished
@@ -163,12 +172,15 @@ def pending_event_dts(wh: Warehouse, landing_dir: Path) -> list[date]:
 
 
 def _stage(
-    lf: LandingFile, shape: landing.FileShape, parser: duckdb.DuckDBPyConnection
+    lf: LandingFile,
+    shape: landing.FileShape,
+    parser: duckdb.DuckDBPyConnection,
+    lines: int | None = None,
 ) -> StageCounts:
     """Stage one file; a gzip stream that breaks off keeps its complete lines (see
     `stage_broken_gzip`)."""
     try:
-        return stage_file(parser, lf.kind, lf.path, shape, lf.dt)
+        return stage_file(parser, lf.kind, lf.path, shape, lf.dt, lines)
     except duckdb.IOException:
         if not shape.gzip:
             raise
@@ -188,6 +200,21 @@ def _moved_since(lf: LandingFile, before: os.stat_result) -> FileStatus | None:
     if (now.st_size, now.st_mtime) != (before.st_size, before.st_mtime):
         return "changing"
     return None
+
+
+def _to_read(
+    files: list[LandingFile], known: dict[str, list[tuple[int, float, str]]]
+) -> list[Path]:
+    """The files whose size or mtime matches no version ingested before: they will be read."""
+    out = []
+    for lf in files:
+        try:
+            st = lf.path.stat()
+        except FileNotFoundError:
+            continue
+        if not any(v[:2] == (st.st_size, st.st_mtime) for v in known.get(lf.rel, [])):
+            out.append(lf.path)
+    return out
 
 
 def _known_versions(wh: Warehouse) -> dict[str, list[tuple[int, float, str]]]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from nudge.ingest.fastpath import read_json_source, stage_fast
 from nudge.ingest.landing import FileShape, read_broken_gzip
 from nudge.ingest.report import Kind
 
@@ -174,6 +175,15 @@ _SELECT: dict[Kind, str] = {
 }
 
 
+# Fast-path rows the line-by-line path might treat differently: any that is not plainly good
+# (its reason needs the line's text), and events without a transaction_id (keyed by the text).
+_UNSURE: dict[Kind, str] = {
+    "events": "reason is not null or event_key is null",
+    "users": "reason is not null",
+    "companies": "reason is not null",
+}
+
+
 class FileVanished(Exception):
     """The file was listed but could not be opened any more."""
 
@@ -241,14 +251,24 @@ def stage_file(
     path: Path,
     shape: FileShape,
     dt: date | None = None,
+    lines: int | None = None,
 ) -> StageCounts:
     """Parse `path` into STAGE / STAGED (columns of COLUMNS[kind], reason, raw_text, line_no).
 
     `dt` is the events' dump day: event times from before 2000 or more than a day after the end
-    of that day are rejected.
+    of that day are rejected. `lines`, the file's physical line count (fastpath.scan), lets a
+    clean NDJSON file take the fast path; JSON arrays take it without.
     """
     bounds = _Bounds(latest=_latest(dt), dt=f"dt={dt.isoformat()}" if dt else "no dt")
     try:
+        _drop_csv_rejects(conn)
+        fast = _stage_sql(kind, read_json_source(STRUCTURES[kind], shape), bounds, guarded=False)
+        if stage_fast(conn, path, shape, lines, fast, _UNSURE[kind], STAGE):
+            conn.execute(
+                f"create or replace temp view {STAGED} as "
+                f"select *, rowid + 1 as line_no from {STAGE}"
+            )
+            return _counts(conn)
         if shape.is_array and _stage_array(conn, kind, path, shape, bounds):
             return _counts(conn)
         _stage_lines(conn, kind, path, shape, DEFAULT_LINE_MAX, bounds)
@@ -416,7 +436,8 @@ def _counts(conn: duckdb.DuckDBPyConnection) -> StageCounts:
 
 def _stage_sql(kind: Kind, source: str, bounds: _Bounds, *, guarded: bool) -> str:
     structure = json.dumps(STRUCTURES[kind]).replace("'", "''")
-    parse = f"json_transform(line, '{structure}')"
+    # A fastpath source yields `j` already parsed (and `line` null).
+    parse = "j" if "read_json(" in source else f"json_transform(line, '{structure}')"
     if guarded:
         parse = f"case when json_valid(line) then {parse} end"
     # `reason`: null for a good row, '' for a blank line (not a line read), else why rejected.
