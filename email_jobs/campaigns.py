@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from email_jobs.addresses import normalize_address
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One email of a drip: `template`, sent `delay_days` after the entry (step 0 at entry)."""
+
+    template: str
+    delay_days: float = 0
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,13 @@ class Campaign:
     max_entry_share: float | None = None  # None: NUDGE_MAX_ENTRY_SHARE
     cc: tuple[str, ...] = ()  # fixed CC addresses (a `cc` column adds more per member)
     bcc: tuple[str, ...] = ()
+    cc_columns: tuple[str, ...] = ()  # cohort columns whose addresses are CC'd (besides `cc`)
+    bcc_columns: tuple[str, ...] = ()
+    # Who the email goes to: the row's `email` column, or (company cohorts) every user of the
+    # company with an address, read from `contacts_relation` (dim_users) at evaluation.
+    recipients: Literal["column", "users"] = "column"
+    contacts_relation: str = ""
+    steps: tuple[Step, ...] = ()  # a drip; () is a single email (template) at entry
     unsubscribe_group_id: int | None = None
     on_unknown: Literal["hold", "resend"] = "hold"
     columns: tuple[str, ...] = ()  # columns declared in the cohort's yml
@@ -36,6 +53,8 @@ class Campaign:
 ENTITIES = ("user", "company")
 REQUIRED_COLUMNS = ("entity_id", "email")
 ON_UNKNOWN = ("hold", "resend")
+RECIPIENTS = ("column", "users")
+CONTACTS_MODEL = "dim_users"  # `recipients: users` reads a company's users from here
 # Keys of a campaign entry with a meaning here; any other key is kept in Campaign.extra.
 KNOWN_KEYS = frozenset(
     {
@@ -50,6 +69,8 @@ KNOWN_KEYS = frozenset(
         "unsubscribe_group_id",
         "on_unknown",
         "description",
+        "steps",
+        "recipients",
     }
 )
 
@@ -91,18 +112,81 @@ def _number(
     return value
 
 
-def _addresses(value: Any, key: str, where: str) -> tuple[str, ...]:
+def _addresses(
+    value: Any, key: str, where: str, columns: tuple[str, ...] = ()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(fixed addresses, column names) of a `cc`/`bcc` entry: a value with an @ is an address,
+    any other is a column of the cohort whose value(s) are added per member."""
     if value is None:
-        return ()
+        return (), ()
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CampaignError(f"{where}: {key} must be an address or a list of addresses")
-    return tuple(v.strip() for v in value if v.strip())
+        raise CampaignError(f"{where}: {key} must be an address, a column name, or a list of them")
+    addresses: list[str] = []
+    cols: list[str] = []
+    for item in (v.strip() for v in value if v.strip()):
+        if "@" in item:
+            if normalize_address(item) is None:
+                raise CampaignError(f"{where}: {key} address {item!r} is not a valid address")
+            addresses.append(item)
+        elif item in columns:
+            cols.append(item)
+        else:
+            raise CampaignError(
+                f"{where}: {key} entry {item!r} is neither an address nor a column of the model "
+                f"(declared: {', '.join(columns) or 'none'})"
+            )
+    return tuple(addresses), tuple(cols)
+
+
+def _steps(entry: dict[str, Any], where: str) -> tuple[Step, ...]:
+    raw = entry.get("steps")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise CampaignError(
+            f"{where}: steps must be a non-empty list of {{template, delay_days}} mappings"
+        )
+    steps: list[Step] = []
+    for i, item in enumerate(raw):
+        at = f"{where}, steps[{i}]"
+        if not isinstance(item, dict):
+            raise CampaignError(f"{at}: must be a mapping with template and delay_days")
+        unknown = set(item) - {"template", "delay_days"}
+        if unknown:
+            raise CampaignError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
+        template = item.get("template")
+        if not isinstance(template, str) or not template.strip():
+            raise CampaignError(f"{at}: template must be a folder name, got {template!r}")
+        if "delay_days" not in item:
+            raise CampaignError(f"{at}: delay_days is missing (days after the entry)")
+        delay = _number(item["delay_days"], "delay_days", at)
+        if i == 0 and delay != 0:
+            raise CampaignError(f"{at}: the first step is sent at entry: delay_days must be 0")
+        if steps and delay <= steps[-1].delay_days:
+            raise CampaignError(
+                f"{at}: delay_days {delay:g} must be greater than the previous step's "
+                f"{steps[-1].delay_days:g}"
+            )
+        steps.append(Step(template=template.strip(), delay_days=delay))
+    template = entry.get("template")
+    if template is not None and template != steps[0].template:
+        raise CampaignError(
+            f"{where}: template {template!r} differs from steps[0].template "
+            f"{steps[0].template!r}; with steps, leave template out"
+        )
+    return tuple(steps)
 
 
 def _campaign(
-    node: dict[str, Any], entity: str, columns: tuple[str, ...], entry: Any, where: str
+    node: dict[str, Any],
+    entity: str,
+    columns: tuple[str, ...],
+    entry: Any,
+    where: str,
+    recipients: str,
+    contacts_relation: str,
 ) -> Campaign:
     if not isinstance(entry, dict):
         raise CampaignError(f"{where}: each entry of meta.nudge.campaigns must be a mapping")
@@ -112,7 +196,8 @@ def _campaign(
     if "|" in name or "@" in name:
         raise CampaignError(f"{where}: campaign name {name!r} may not contain '|' or '@'")
     where = f"{where}, campaign {name!r}"
-    template = entry.get("template", name)
+    steps = _steps(entry, where)
+    template = steps[0].template if steps else entry.get("template", name)
     if not isinstance(template, str) or not template.strip():
         raise CampaignError(f"{where}: template must be a folder name, got {template!r}")
     baseline = entry.get("baseline_first_run", True)
@@ -125,6 +210,10 @@ def _campaign(
     max_share = entry.get("max_entry_share")
     group = entry.get("unsubscribe_group_id")
     description = entry.get("description", node.get("description") or "")
+    recipients = entry.get("recipients", recipients)
+    _check_recipients(recipients, entity, contacts_relation, where)
+    cc, cc_columns = _addresses(entry.get("cc"), "cc", where, columns)
+    bcc, bcc_columns = _addresses(entry.get("bcc"), "bcc", where, columns)
     return Campaign(
         name=name,
         cohort=node["name"],
@@ -139,8 +228,13 @@ def _campaign(
         max_entry_share=None
         if max_share is None
         else _number(max_share, "max_entry_share", where, maximum=1),
-        cc=_addresses(entry.get("cc"), "cc", where),
-        bcc=_addresses(entry.get("bcc"), "bcc", where),
+        cc=cc,
+        bcc=bcc,
+        cc_columns=cc_columns,
+        bcc_columns=bcc_columns,
+        recipients=recipients,
+        contacts_relation=contacts_relation if recipients == "users" else "",
+        steps=steps,
         unsubscribe_group_id=None
         if group is None
         else _number(group, "unsubscribe_group_id", where, integer=True),
@@ -152,25 +246,48 @@ def _campaign(
     )
 
 
+def _check_recipients(recipients: Any, entity: str, contacts_relation: str, where: str) -> None:
+    if recipients not in RECIPIENTS:
+        raise CampaignError(
+            f"{where}: recipients must be 'column' (the row's email) or 'users' (every user of "
+            f"the company with an address), got {recipients!r}"
+        )
+    if recipients == "users" and entity != "company":
+        raise CampaignError(f"{where}: recipients: users is for company cohorts (entity: company)")
+    if recipients == "users" and not contacts_relation:
+        raise CampaignError(
+            f"{where}: recipients: users reads the company's users from the model "
+            f"{CONTACTS_MODEL!r}, which the dbt project does not have"
+        )
+
+
 def _check_template(campaign: Campaign, templates_dir: Path | None, where: str) -> None:
     # Imported here: render imports this module for the Campaign type.
     from email_jobs import render
 
     where = f"{where}, campaign {campaign.name!r}"
-    try:
-        render.check_template(campaign, templates_dir)
-        missing = render.missing_columns(campaign.template, campaign.columns, templates_dir)
-    except render.TemplateError as exc:
-        raise CampaignError(f"{where}: {exc}") from None
-    if missing:
-        raise CampaignError(
-            f"{where}: template {campaign.template!r} uses {', '.join(sorted(missing))}, which "
-            f"the model does not declare among its columns ({', '.join(campaign.columns)})"
-        )
+    templates = [s.template for s in campaign.steps] or [campaign.template]
+    for template in templates:
+        one = replace(campaign, template=template)
+        provided = campaign.columns + (("contacts",) if campaign.recipients == "users" else ())
+        try:
+            render.check_template(one, templates_dir)
+            missing = render.missing_columns(template, provided, templates_dir)
+        except render.TemplateError as exc:
+            raise CampaignError(f"{where}: {exc}") from None
+        if missing:
+            raise CampaignError(
+                f"{where}: template {template!r} uses {', '.join(sorted(missing))}, which "
+                f"the model does not declare among its columns ({', '.join(campaign.columns)})"
+            )
 
 
-def campaigns_of_node(node: dict[str, Any], templates_dir: Path | None = None) -> list[Campaign]:
-    """The campaigns one manifest node declares ([] when it has no meta.nudge)."""
+def campaigns_of_node(
+    node: dict[str, Any], templates_dir: Path | None = None, contacts_relation: str = ""
+) -> list[Campaign]:
+    """The campaigns one manifest node declares ([] when it has no meta.nudge).
+
+    `contacts_relation` is the relation of dim_users, for `recipients: users`."""
     meta = _nudge_meta(node)
     if meta is None:
         return []
@@ -196,7 +313,11 @@ def campaigns_of_node(node: dict[str, Any], templates_dir: Path | None = None) -
     entries = meta.get("campaigns")
     if not isinstance(entries, list) or not entries:
         raise CampaignError(f"{where}: meta.nudge.campaigns must be a non-empty list")
-    campaigns = [_campaign(node, entity, columns, entry, where) for entry in entries]
+    recipients = meta.get("recipients", "column")
+    campaigns = [
+        _campaign(node, entity, columns, entry, where, recipients, contacts_relation)
+        for entry in entries
+    ]
     for campaign in campaigns:
         _check_template(campaign, templates_dir, where)
     return campaigns
@@ -210,10 +331,18 @@ def load_campaigns(manifest: dict[str, Any], templates_dir: Path | None = None) 
         raise CampaignError("dbt manifest has no 'nodes': is it a manifest.json?")
     campaigns: list[Campaign] = []
     seen: dict[str, str] = {}
+    contacts = next(
+        (
+            n.get("relation_name") or ""
+            for n in nodes.values()
+            if n.get("resource_type") == "model" and n.get("name") == CONTACTS_MODEL
+        ),
+        "",
+    )
     for node in sorted(nodes.values(), key=lambda n: (n.get("name") or "", n.get("unique_id", ""))):
         if node.get("resource_type") != "model":
             continue
-        for campaign in campaigns_of_node(node, templates_dir):
+        for campaign in campaigns_of_node(node, templates_dir, contacts):
             if campaign.name in seen:
                 raise CampaignError(
                     f"{_where(node)}: campaign name {campaign.name!r} is already used by model "

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from email_jobs.addresses import normalize_address
 from email_jobs.campaigns import Campaign
+from email_jobs.drips import due_step_entries
 from email_jobs.guards import (
     EvaluationDeferred,
     GuardInputs,
@@ -43,6 +44,7 @@ from email_jobs.membership import (
     read_cohort,
     record_membership,
 )
+from email_jobs.recipients import add_contacts
 from nudge.asof import to_iso
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
@@ -183,7 +185,7 @@ def evaluate_campaign(
 
     ensure_schema(wh)
     name = campaign.name
-    members = read_cohort(wh, campaign)
+    members = add_contacts(wh, campaign, read_cohort(wh, campaign))
     previous = previous_evaluation(wh, name, end)
     diff = diff_members(members_at(wh, name, previous) if previous else set(), members)
     baseline = previous is None and campaign.baseline_first_run
@@ -243,6 +245,7 @@ def evaluate_campaign(
     elif guard_inputs.broken_export_reason:
         guards["broken_export"] = guard_inputs.broken_export_reason
 
+    new_entries += due_step_entries(wh, campaign, members, end, eval_id, guard_inputs)
     with wh.transaction():
         record_membership(wh, campaign, end)
         inserted = insert_entries(wh, new_entries)

@@ -106,9 +106,12 @@ def _load(env: SandboxedEnvironment, folder: Path, template: str, file: str) -> 
         return env.get_template(name)
     except jinja2.TemplateNotFound:
         if not (folder / template).is_dir():
+            found = folder.iterdir() if folder.is_dir() else ()
+            known = sorted(p.name for p in found if p.is_dir() and not p.name.startswith("."))
             raise TemplateError(
                 f"template folder {folder / template} does not exist (campaign template "
-                f"{template!r}; expected {', '.join(TEMPLATE_FILES)} in it)"
+                f"{template!r}; expected {', '.join(TEMPLATE_FILES)} in it; existing templates: "
+                f"{', '.join(known) or 'none'})"
             ) from None
         raise TemplateError(f"template {template!r}: missing file {folder / name}") from None
     except jinja2.TemplateSyntaxError as exc:
@@ -326,8 +329,9 @@ def _recipients(
     campaign: Campaign, row: Mapping[str, Any], column: str, exclude: set[str], entity_id: str
 ) -> tuple[str, ...]:
     fixed = campaign.cc if column == "cc" else campaign.bcc
+    columns = (column, *(campaign.cc_columns if column == "cc" else campaign.bcc_columns))
     result: list[str] = []
-    for raw in [*fixed, *split_addresses(row.get(column))]:
+    for raw in [*fixed, *(a for c in dict.fromkeys(columns) for a in split_addresses(row.get(c)))]:
         address = normalize_address(raw)
         if address is None:
             # A bad CC must not cost the member their email; say so and go on.
@@ -346,6 +350,20 @@ def _recipients(
     return tuple(result)
 
 
+def _to_addresses(campaign: Campaign, row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The row's `email`; for `recipients: users`, every contact's address (one email to all)."""
+    contacts = row.get("contacts") if campaign.recipients == "users" else None
+    if isinstance(contacts, list) and contacts:
+        unique: dict[str, str] = {}  # one address once, whatever its case
+        for contact in contacts:
+            address = normalize_address(contact.get("email")) if isinstance(contact, dict) else None
+            if address:
+                unique.setdefault(address.lower(), address)
+        return tuple(unique.values())
+    to = normalize_address(row.get("email"))
+    return (to,) if to else ()
+
+
 def render_email(
     campaign: Campaign,
     row: Mapping[str, Any],
@@ -360,14 +378,14 @@ def render_email(
     the template cannot be rendered for it.
     """
     entity_id = str(row.get("entity_id"))
-    to = normalize_address(row.get("email"))
-    if to is None:
+    to = _to_addresses(campaign, row)
+    if not to:
         raise RenderError(
             f"campaign {campaign.name!r}, entity {entity_id!r}: no valid email address "
             f"({row.get('email')!r})"
         )
     subject, html, text = render_parts(campaign, row, settings, templates_dir=templates_dir)
-    seen = {to.lower()}
+    seen = {a.lower() for a in to}
     cc = _recipients(campaign, row, "cc", seen, entity_id)
     bcc = _recipients(campaign, row, "bcc", seen, entity_id)
     unsubscribe_url = _unsubscribe_url(campaign.name, entity_id, settings)
@@ -383,7 +401,7 @@ def render_email(
         entity_id=entity_id,
         ledger_key=ledger_key,
         from_addr=settings.from_email,
-        to=(to,),
+        to=to,
         subject=subject,
         html=html,
         text=text,

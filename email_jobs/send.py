@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from email_jobs.campaigns import Campaign
+from email_jobs.drips import step_campaign
 from email_jobs.ledger import (
     ClaimedRow,
     Outcome,
@@ -138,7 +139,8 @@ def _render_row(
     render: RenderFn, campaign: Campaign, row: ClaimedRow, settings: Settings
 ) -> OutgoingEmail | str:
     try:
-        return render(campaign, row.payload, settings, ledger_key=row.ledger_key)
+        step = step_campaign(campaign, row.step)  # a drip step renders its own template
+        return render(step, row.payload, settings, ledger_key=row.ledger_key)
     except Exception as exc:
         return f"render: {exc}"
 

@@ -187,6 +187,18 @@ def cmd_release(args: argparse.Namespace) -> int:
     return _report([outcome])
 
 
+def cmd_diff_cohort(args: argparse.Namespace) -> int:
+    from nudge.asof import parse_as_of
+    from nudge.shadow import diff_cohort
+
+    settings = _settings()
+    as_of = parse_as_of(args.as_of) if args.as_of else None
+    diff = diff_cohort(settings, args.model, as_of, keep=args.keep)
+    for line in diff.lines():
+        print(line)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -234,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--events-per-day", type=int, default=4000)
     sp.add_argument("--seed", type=int, default=7)
     sp.add_argument("--overwrite", action="store_true", help="replace dumps already in --out")
+
+    sp = add(
+        "diff-cohort",
+        cmd_diff_cohort,
+        "build an edited cohort model beside the live one and print who would enter and exit",
+    )
+    sp.add_argument("model", help="the cohort's dbt model, e.g. cohort_not_activated_7d")
+    sp.add_argument("--as-of", help="compare at this instant (default: its last evaluation)")
+    sp.add_argument("--keep", action="store_true", help="keep <model>__shadow for inspection")
 
     sp = add("release", cmd_release, "send a campaign's held entries (and unknown ones)")
     sp.add_argument("campaign")

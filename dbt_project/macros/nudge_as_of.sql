@@ -59,12 +59,33 @@
     and readable in compiled SQL.
 #}
 {% macro nudge_window(days) -%}
+    {%- set end = nudge_as_of_datetime() -%}
+    {{ return(nudge_window_between(end - modules.datetime.timedelta(days=days), end)) }}
+{%- endmacro %}
+
+
+{% macro nudge_month_window() -%}
+    {#- The calendar month (UTC) of the evaluated instant so far: `[first of the month, end)`.
+        The month is that of the last instant before `end`, so the evaluation at the end of
+        January 31 (end = February 1, 00:00) covers January. -#}
     {%- set dt = modules.datetime -%}
     {%- set end = nudge_as_of_datetime() -%}
-    {%- set start = end - dt.timedelta(days=days) -%}
+    {%- set last = end - dt.timedelta(microseconds=1) -%}
+    {{ return(nudge_window_between(dt.datetime(last.year, last.month, 1), end)) }}
+{%- endmacro %}
+
+
+{% macro nudge_window_between(start, end) -%}
+    {#- The window `[start, end)` (naive UTC datetimes), in nudge_window's form. -#}
+    {%- set dt = modules.datetime -%}
     {%- set start_midnight = dt.datetime(start.year, start.month, start.day) -%}
     {%- set full_start = start if start == start_midnight else start_midnight + dt.timedelta(days=1) -%}
     {%- set full_end = dt.datetime(end.year, end.month, end.day) -%}
+    {%- if full_start > full_end -%}
+        {#- Less than a day, inside one day: no whole day, one edge [start, end). -#}
+        {%- set full_start = end -%}
+        {%- set full_end = end -%}
+    {%- endif -%}
     {{ return({
         'start': nudge_timestamp_literal(start),
         'full_start': nudge_timestamp_literal(full_start),

@@ -1,0 +1,138 @@
+"""Drip sequences: later steps of a campaign, sent only while the member stays in the cohort.
+
+A campaign with `steps: [{template: a, delay_days: 0}, {template: b, delay_days: 3}, ...]` sends
+step 0 at entry (the ordinary entry email). Step k of an entry at instant E becomes due at
+`E + delay_days(k)`; the first evaluation at an instant >= that finds it due and records a ledger
+row for it (key `campaign|entity|E|k`) when all of these hold:
+
+- the member is in the cohort now and was in it at every evaluation of the campaign since E
+  (a user who activates leaves `not_activated`, and the rest of its drip is never sent);
+- step k - 1 was sent (skipped or failed ends the drip; pending, held or unknown wait), and was
+  recorded by an earlier evaluation: one step per entry per evaluation instant.
+
+Everything is decided from evaluation instants and the ledger, never the wall clock, so a replay
+decides the same way. A stale evaluation (a backfill) records no drip steps: the evaluations at the
+data's own time decide them. A step found due more than LATE_LIMIT after its time (evaluations
+stopped for weeks) is dropped: a follow-up that late no longer follows anything. Suppressed or
+address-less members are recorded as skipped, like entries; when the broken-export guard fires
+the steps are held.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from email_jobs.addresses import normalize_address
+from email_jobs.campaigns import Campaign
+from email_jobs.guards import GuardInputs
+from email_jobs.ledger import NewEntry, State, ledger_key, payload_json, suppressed_emails
+from nudge.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+LATE_LIMIT = timedelta(days=30)
+
+
+def step_campaign(campaign: Campaign, step: int) -> Campaign:
+    """The campaign as it renders step `step` (its template); itself when it has no steps."""
+    if not campaign.steps or step <= 0 or step >= len(campaign.steps):
+        return campaign
+    return replace(campaign, template=campaign.steps[step].template)
+
+
+def step_due_at(campaign: Campaign, entry_as_of: datetime, step: int) -> datetime:
+    return entry_as_of + timedelta(days=campaign.steps[step].delay_days)
+
+
+def _stayed_in(
+    wh: Warehouse, campaign: str, entity_id: str, since: datetime, end: datetime
+) -> bool:
+    """Was the entity a member at every evaluation of the campaign in (since, end)?"""
+    row = wh.fetchone(
+        """
+        select count(*) from nudge.evaluations ev
+        where ev.campaign = ? and ev.as_of > ? and ev.as_of < ?
+          and not exists (
+            select 1 from nudge.cohort_membership m
+            where m.campaign = ev.campaign and m.as_of = ev.as_of and m.entity_id = ?
+          )
+        """,
+        [campaign, since, end, entity_id],
+    )
+    return not row or int(row[0]) == 0
+
+
+def due_step_entries(
+    wh: Warehouse,
+    campaign: Campaign,
+    members: dict[str, dict[str, Any]],
+    end: datetime,
+    evaluation_id: str,
+    guard_inputs: GuardInputs,
+) -> list[NewEntry]:
+    """Ledger rows for the drip steps this evaluation finds due (see the module docstring)."""
+    if len(campaign.steps) < 2 or guard_inputs.stale_reason:
+        return []
+    since = end - timedelta(days=campaign.steps[-1].delay_days) - LATE_LIMIT
+    rows = wh.fetchall(
+        "select entity_id, entry_as_of, step, state, evaluation_id from nudge.send_ledger "
+        "where campaign = ? and entry_as_of >= ? and entry_as_of < ?",
+        [campaign.name, since, end],
+    )
+    entries: dict[tuple[str, datetime], dict[int, tuple[str, str]]] = defaultdict(dict)
+    for entity_id, entry_as_of, step, state, eval_id in rows:
+        entries[(entity_id, entry_as_of)][int(step)] = (state, eval_id)
+
+    suppressed: set[str] | None = None
+    result: list[NewEntry] = []
+    for (entity_id, entry_as_of), steps in sorted(entries.items()):
+        if 0 not in steps:
+            continue
+        step = max(steps) + 1
+        if step >= len(campaign.steps):
+            continue
+        due = step_due_at(campaign, entry_as_of, step)
+        if due > end or end - due > LATE_LIMIT:
+            continue
+        previous_state, previous_eval = steps[step - 1]
+        if previous_state != State.SENT or previous_eval == evaluation_id:
+            continue
+        if entity_id not in members or not _stayed_in(
+            wh, campaign.name, entity_id, entry_as_of, end
+        ):
+            continue  # left the cohort: the drip stops here
+        if suppressed is None:
+            suppressed = suppressed_emails(wh)
+        row = members[entity_id]
+        email = row.get("email")
+        address = normalize_address(email)
+        state, reason = State.PENDING, None
+        if email is None or str(email).strip() == "":
+            state, reason = State.SKIPPED, "no_email"
+        elif address is None:
+            state, reason = State.SKIPPED, "invalid_email"
+        elif address.lower() in suppressed:
+            state, reason = State.SKIPPED, "suppressed"
+        elif guard_inputs.broken_export_reason:
+            state, reason = State.HELD, "broken_export"
+        result.append(
+            NewEntry(
+                ledger_key=ledger_key(campaign.name, entity_id, entry_as_of, step),
+                campaign=campaign.name,
+                entity_id=entity_id,
+                entry_as_of=entry_as_of,
+                step=step,
+                evaluation_id=evaluation_id,
+                state=state,
+                reason=reason,
+                recipient=address or (str(email).strip() if email else None),
+                payload=payload_json(row),
+            )
+        )
+    if result:
+        log.info("campaign %s: %d drip step(s) due at %s", campaign.name, len(result), end)
+    return result
