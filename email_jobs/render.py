@@ -181,6 +181,11 @@ def _context(campaign: Campaign, row: Mapping[str, Any], settings: Settings) -> 
                 f"campaign {campaign.name!r}, entity {entity_id!r}: column {column} is not "
                 f"valid JSON ({exc.msg} at char {exc.pos})"
             ) from None
+    if "cc" in context:
+        # Templates name who is copied: only the addresses really CC'd, never the raw column,
+        # which may hold an invalid address (dropped from the headers) or injected lines.
+        valid = (normalize_address(part) for part in split_addresses(row.get("cc")))
+        context["cc"] = ", ".join(a for a in valid if a) or None
     unsubscribe_url = _unsubscribe_url(campaign.name, entity_id, settings)
     context.update(campaign=campaign.name, entity_id=entity_id, unsubscribe_url=unsubscribe_url)
     return context

@@ -28,6 +28,7 @@ class WarehouseUrl:
     def __init__(self, url: str) -> None:
         self.url = url
         parsed = urlparse(url)
+        url = _without_password(url)  # the messages below echo the URL
         if parsed.scheme == "duckdb":
             # duckdb:///relative/path.duckdb -> "relative/path.duckdb"; duckdb:////abs -> "/abs"
             raw = url[len("duckdb:///") :] if url.startswith("duckdb:///") else ""
@@ -43,9 +44,16 @@ class WarehouseUrl:
                     f"NUDGE_WAREHOUSE={url!r}: a Postgres warehouse is written "
                     "postgresql://user@host:port/database"
                 )
+            try:
+                port = parsed.port
+            except ValueError:
+                raise ConfigError(
+                    f"NUDGE_WAREHOUSE={url!r}: the port is not a number; a Postgres warehouse is "
+                    "written postgresql://user@host:port/database"
+                ) from None
             self.kind = "postgres"
             self.host = parsed.hostname
-            self.port = parsed.port or 5432
+            self.port = port or 5432
             self.user = unquote(parsed.username or "postgres")
             self.password = unquote(parsed.password or "")
             self.database = parsed.path.strip("/")
@@ -57,6 +65,14 @@ class WarehouseUrl:
 
     def __repr__(self) -> str:
         return f"WarehouseUrl({self.kind})"
+
+
+def _without_password(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, for messages."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    return url.replace(f":{parsed.password}@", ":***@", 1)
 
 
 class Settings(BaseSettings):
@@ -135,7 +151,13 @@ def load_settings(**overrides: object) -> Settings:
             env = "SENDGRID_API_KEY"
         if field == "dagster_home":
             env = "DAGSTER_HOME"
-        raise ConfigError(f"{env}: {err['msg']}") from None
+        # One line naming the variable and its value; pydantic's "Value error, " prefix says
+        # nothing to a user. Secrets are never echoed.
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        value = err.get("input")
+        secret = field.endswith(("password", "api_key"))
+        shown = f"={value!r}" if isinstance(value, str) and not secret else ""
+        raise ConfigError(f"{env}{shown}: {msg}") from None
 
 
 def export_runtime_env(settings: Settings) -> None:

@@ -1,0 +1,116 @@
+"""Bad configuration (issue 7): one clear line naming the setting and what to do, a non-zero
+exit, and no work started (no Dagster instance, no warehouse file, no run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.net import free_port
+
+from nudge.cli import main as nudge
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A valid configuration to spoil one setting at a time; returns the folder it lives in."""
+    for name in list(os.environ):
+        if name.startswith("NUDGE_") or name == "SENDGRID_API_KEY":
+            monkeypatch.delenv(name)
+    (tmp_path / "landing").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("NUDGE_LANDING_DIR", str(tmp_path / "landing"))
+    monkeypatch.setenv("NUDGE_WAREHOUSE", f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("NUDGE_EMAIL_BACKEND", "outbox")
+    monkeypatch.setenv("NUDGE_OUTBOX_DIR", str(tmp_path / "outbox"))
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    return tmp_path
+
+
+CLOSED_PORT = free_port()  # nothing listens there
+
+CASES = [
+    # (id, settings, words the one line must hold)
+    ("unknown backend", {"NUDGE_EMAIL_BACKEND": "carrier-pigeon"},
+     ["NUDGE_EMAIL_BACKEND", "carrier-pigeon", "use outbox, smtp or sendgrid"]),
+    ("warehouse scheme", {"NUDGE_WAREHOUSE": "mysql://db/nudge"},
+     ["NUDGE_WAREHOUSE", "duckdb:///path.duckdb or postgresql://"]),
+    ("warehouse no path", {"NUDGE_WAREHOUSE": "duckdb://"},
+     ["NUDGE_WAREHOUSE", "duckdb:///path/to/file.duckdb"]),
+    ("warehouse no database", {"NUDGE_WAREHOUSE": "postgresql://postgres@127.0.0.1:5432"},
+     ["NUDGE_WAREHOUSE", "postgresql://user@host:port/database"]),
+    ("warehouse port", {"NUDGE_WAREHOUSE": "postgresql://u:s3cret@127.0.0.1:port/db"},
+     ["NUDGE_WAREHOUSE", "port is not a number"]),
+    ("warehouse folder", {"NUDGE_WAREHOUSE": "duckdb:///{tmp}/a-file/wh.duckdb"},
+     ["NUDGE_WAREHOUSE", "not a writable folder"]),
+    ("postgres down", {"NUDGE_WAREHOUSE": "postgresql://postgres@127.0.0.1:1/nudge"},
+     ["NUDGE_WAREHOUSE", "cannot reach Postgres", "127.0.0.1:1", "check that the server runs"]),
+    ("sendgrid key", {"NUDGE_EMAIL_BACKEND": "sendgrid"},
+     ["NUDGE_EMAIL_BACKEND=sendgrid needs SENDGRID_API_KEY", "create an API key"]),
+    ("smtp down", {"NUDGE_EMAIL_BACKEND": "smtp", "NUDGE_SMTP_HOST": "127.0.0.1",
+                   "NUDGE_SMTP_PORT": str(CLOSED_PORT)},
+     ["NUDGE_SMTP_HOST", f"127.0.0.1:{CLOSED_PORT}", "check the relay's address"]),
+    ("smtp unknown host", {"NUDGE_EMAIL_BACKEND": "smtp", "NUDGE_SMTP_HOST": "relay.invalid"},
+     ["NUDGE_SMTP_HOST", "relay.invalid:25"]),
+    ("smtp port", {"NUDGE_EMAIL_BACKEND": "smtp", "NUDGE_SMTP_PORT": "twenty-five"},
+     ["NUDGE_SMTP_PORT='twenty-five'", "valid integer"]),
+    ("outbox", {"NUDGE_OUTBOX_DIR": "{tmp}/a-file/outbox"},
+     ["NUDGE_OUTBOX_DIR", "not a writable folder", "point it at a folder"]),
+    ("landing", {"NUDGE_LANDING_DIR": "{tmp}/no-such-landing"},
+     ["NUDGE_LANDING_DIR", "no such folder", "nudge generate"]),
+    ("guard knob", {"NUDGE_MAX_REJECTED_SHARE": "lots"},
+     ["NUDGE_MAX_REJECTED_SHARE='lots'", "valid number"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("settings", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_bad_setting_fails_in_one_line_before_any_work(
+    env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    settings: dict[str, str],
+    words: list[str],
+) -> None:
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value.format(tmp=env))
+
+    code = nudge(["run", "--as-of", "2026-03-10"])
+
+    out, err = capsys.readouterr()
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nudge: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "s3cret" not in err  # a password in the URL is never echoed
+    assert out == ""
+    # Nothing started: no Dagster instance (so no run), no warehouse, no outbox.
+    assert not (env / "dagster_home").exists()
+    assert not (env / "wh.duckdb").exists()
+    assert not (env / "outbox").exists()
+
+
+def test_as_a_command_the_exit_status_is_non_zero_and_stderr_is_one_line(env: Path) -> None:
+    run_env = {**os.environ, "NUDGE_EMAIL_BACKEND": "sendgrid", "PYTHONPATH": str(REPO)}
+    run_env.pop("SENDGRID_API_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "nudge.cli", "run"],
+        env=run_env,
+        cwd=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "nudge: NUDGE_EMAIL_BACKEND=sendgrid needs SENDGRID_API_KEY: create an API key with "
+        "Mail Send permission in SendGrid and set it"
+    ]
+    assert not (env / "dagster_home").exists()
