@@ -241,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"nudge-bench-{args.size}-"))
     work.mkdir(parents=True, exist_ok=True)
     mem = args.memory_limit
+    # Generated events take about 950 bytes each on disk (plain JSON lines, one file in three
+    # gzipped), for the long and the short history together; the warehouses add about a tenth.
+    need = int(size * 1.2 * 950 * 1.1)
+    free = shutil.disk_usage(work).free
+    if free < need:
+        raise SystemExit(
+            f"size {args.size} needs about {need / 1e9:.0f} GB free in {work}; "
+            f"{free / 1e9:.0f} GB are: pass --workdir on a larger disk"
+        )
     print(
         f"Nudge benchmark, size {args.size}: {HISTORY_DAYS} days x {per_day:,} events/day, "
         f"{users:,} users; DuckDB memory_limit {mem}; work folder {work}"
