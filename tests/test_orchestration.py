@@ -27,6 +27,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NUDGE_LANDING_DIR", str(landing))
     monkeypatch.setenv("NUDGE_WAREHOUSE", f"duckdb:///{tmp_path / 'wh.duckdb'}")
     monkeypatch.setenv("NUDGE_OUTBOX_DIR", str(tmp_path / "outbox"))
+    (tmp_path / "dagster_home").mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     return landing
 
@@ -93,7 +94,7 @@ def test_landing_sensor_requests_exactly_the_changed_partitions(env: Path, dbt_m
         # The cursor survives a restart: the next tick from it asks for nothing new.
         quiet = landing_files(dg.build_sensor_context(instance=instance, cursor=result.cursor))
         assert quiet.run_requests == []
-        land_until(env, date(2026, 3, 12))
+        land_until(env, date(2026, 3, 12), first=date(2026, 3, 9))
         newer = landing_files(dg.build_sensor_context(instance=instance, cursor=result.cursor))
         assert [r.partition_key for r in newer.run_requests] == ["2026-03-12"]
 
@@ -103,7 +104,7 @@ def test_daily_schedule_evaluates_the_day_that_just_ended(dbt_manifest) -> None:
 
     schedule = daily_schedule("0 6 * * *")
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 12, 6, tzinfo=UTC))
-    request = schedule.evaluation_fn(ctx)
+    request = schedule(ctx)
     assert request.partition_key == "2026-03-11"
 
 
@@ -181,3 +182,35 @@ def test_two_runs_started_together_on_duckdb_both_succeed(env: Path, tmp_path: P
     with connect(load_settings()) as wh:
         instants = {r[0] for r in wh.fetchall("select distinct as_of from nudge.evaluations")}
     assert instants == {datetime(2026, 3, 11), datetime(2026, 3, 12)}
+
+
+@pytest.mark.integration
+def test_a_failed_run_is_recorded_where_nudge_status_shows_it(
+    env: Path, dbt_manifest, capsys
+) -> None:
+    from nudge.cli import main as nudge
+    from nudge.runner import execute
+    from orchestration.defs.runtime.automation import record_run_failures
+
+    # No events at all before the instant: the freshness guard defers, and the run fails.
+    instance = dg.DagsterInstance.get()
+    outcome = execute("nudge_evaluate", instance, {}, partition_key="2026-03-10")
+    assert not outcome.success
+    run = instance.get_run_by_id(outcome.run_id)
+    failure = next(
+        e.dagster_event
+        for e in instance.all_logs(outcome.run_id)
+        if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE
+    )
+    context = dg.build_run_status_sensor_context(
+        sensor_name="record_run_failures",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=run,
+    ).for_run_failure()
+    record_run_failures(context)
+
+    capsys.readouterr()
+    assert nudge(["status", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out)["last_failure"]
+    assert last["run_id"] == outcome.run_id and last["job"] == "nudge_evaluate"
