@@ -527,6 +527,7 @@ def test_image_commands_serve_nudge_on_postgres(
         assert {"nudge_evaluate", "nudge_send"} <= {j["name"] for j in repo["jobs"]}
         assert {s["name"] for s in repo["schedules"]} == {"nudge_daily"}
         assert {s["name"] for s in repo["sensors"]} == {
+            "landing_files",
             "send_after_evaluation",
             "record_run_failures",
         }
@@ -550,7 +551,7 @@ def test_image_commands_serve_nudge_on_postgres(
                 capture_output=True,
                 env=child_env,
             )
-        for sensor in ("send_after_evaluation", "record_run_failures"):
+        for sensor in ("landing_files", "send_after_evaluation", "record_run_failures"):
             selector = {
                 "repositoryLocationName": "nudge",
                 "repositoryName": repo["name"],

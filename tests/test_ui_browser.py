@@ -207,7 +207,7 @@ def test_webserver_serves_the_whole_pipeline(
     assert schedules["nudge_daily"]["pipelineName"] == "nudge_evaluate"
     assert schedules["nudge_daily"]["executionTimezone"] == "UTC"
     sensors = {s["name"]: s for s in repository["sensors"]}
-    assert {"send_after_evaluation", "record_run_failures"} <= set(sensors)
+    assert {"landing_files", "send_after_evaluation", "record_run_failures"} <= set(sensors)
     assert sensors["send_after_evaluation"]["sensorType"] == "RUN_STATUS"
 
 
