@@ -27,6 +27,7 @@ from email_jobs.ledger import (
     NO_COOLDOWN_STATES,
     NewEntry,
     State,
+    addresses_at,
     cooldown_blockers,
     ensure_schema,
     evaluation_id,
@@ -203,16 +204,25 @@ def evaluate_campaign(
         cd = timedelta(days=campaign.cooldown_days)
         blockers = cooldown_blockers(wh, name, end - cd, end + cd, exclude_as_of=end)
         suppressed = suppressed_emails(wh)
+        # One address on several profiles that enter together gets one email: the first
+        # entity (by id) keeps it, the others are skipped(duplicate_address).
+        addressed = addresses_at(wh, name, end, STEP)
         decided: list[tuple[str, str, str | None]] = []  # (entity, state, reason)
         for entity_id, key in zip(entered, entry_keys, strict=True):
             if key in existing:
                 continue  # decided by an earlier evaluation of this instant
+            email = members[entity_id].get("email")
             reason = skip_reason(
-                members[entity_id].get("email"),
+                email,
                 stale=guard_inputs.stale_reason is not None,
                 suppressed=suppressed,
                 in_cooldown=entity_id in blockers,
             )
+            address = (normalize_address(email) or "").lower()
+            if reason is None and address in addressed:
+                reason = "duplicate_address"
+            elif reason is None:
+                addressed.add(address)
             decided.append((entity_id, State.SKIPPED if reason else State.PENDING, reason))
         # Entries of this instant that will (or did) go out, counting earlier evaluations of
         # the same instant, so that a re-evaluation decides like the first one.

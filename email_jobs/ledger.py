@@ -7,11 +7,17 @@ key is `campaign|entity_id|entry instant (ISO)|step`, so evaluating the same ins
 the same keys and inserts nothing new. States:
 
     pending --claim--> claimed --> sent | failed | pending (retry later) | unknown
+    pending --> skipped (suppressed after the evaluation, found before the claim)
     held --release--> pending         unknown --release/resend--> pending
     skipped, sent, failed: final
 
 The claim is committed before the provider is called, so a crash leaves `claimed` rows behind;
 the next send run turns them into `unknown` (we cannot tell whether the provider got them).
+
+The frequency cap across campaigns is decided at the claim, from data: the claim stamps the row
+with the send run's evaluation instant (`sent_as_of`), and a recipient with as many rows
+claimed, sent or unknown within a day of that instant keeps the rest `pending`
+(reason `frequency_cap`) for a later evaluation.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from email_jobs.faults import fault_point
 from nudge.asof import to_iso
 from nudge.warehouse import Warehouse
 
@@ -49,7 +56,7 @@ FINAL_STATES = frozenset({State.SENT, State.FAILED, State.SKIPPED})
 NO_COOLDOWN_STATES = frozenset({State.SKIPPED, State.FAILED})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.CLAIMED}),
+    State.PENDING: frozenset({State.CLAIMED, State.SKIPPED}),
     State.CLAIMED: frozenset({State.SENT, State.FAILED, State.PENDING, State.UNKNOWN}),
     State.HELD: frozenset({State.PENDING}),
     State.UNKNOWN: frozenset({State.PENDING}),
@@ -174,10 +181,14 @@ DDL: tuple[str, ...] = (
         claimed_by           varchar,       -- the run that last claimed the row
         claimed_at           timestamp,
         sent_at              timestamp,
+        sent_as_of           timestamp,     -- evaluation instant of the run that claimed it
         created_at           timestamp not null,
         updated_at           timestamp not null
     )
     """,
+    # Ledgers created before the frequency cap.
+    "alter table nudge.send_ledger add column if not exists sent_as_of timestamp",
+    # Normalized, lower-cased addresses; source: `csv:suppressions/<file>` or `sendgrid:<list>`.
     """
     create table if not exists nudge.suppressions (
         email       varchar not null,
@@ -312,6 +323,20 @@ def cooldown_blockers(
     return {r[0] for r in rows}
 
 
+def addresses_at(wh: Warehouse, campaign: str, entry_as_of: datetime, step: int) -> set[str]:
+    """Lower-cased recipients of the campaign's entries at this instant and step that went or
+    will go out (not skipped or failed)."""
+    rows = wh.fetchall(
+        f"""
+        select distinct lower(recipient) from nudge.send_ledger
+        where campaign = ? and entry_as_of = ? and step = ? and recipient is not null
+          and state not in ({placeholders(len(NO_COOLDOWN_STATES))})
+        """,
+        [campaign, entry_as_of, step, *sorted(NO_COOLDOWN_STATES)],
+    )
+    return {r[0] for r in rows}
+
+
 def suppressed_emails(wh: Warehouse) -> set[str]:
     rows = wh.fetchall("select email from nudge.suppressions where email is not null")
     return {r[0].strip().lower() for r in rows}
@@ -358,54 +383,154 @@ def count_pending(wh: Warehouse, campaign: str, run_id: str) -> int:
     return int(row[0]) if row else 0
 
 
-def claim_batch(wh: Warehouse, campaign: str, run_id: str, limit: int) -> list[ClaimedRow]:
-    """Claim up to `limit` pending rows for this run and commit the claim.
+DAY = timedelta(days=1)
+# Serializes claims across processes on Postgres, so that two concurrent send runs count the
+# frequency cap from the same committed rows (DuckDB has one writer per file anyway).
+_CLAIM_LOCK_ID = 7_446_110_301
 
-    Rows this run already tried (and put back to pending) are not claimed again: their
-    `claimed_by` is this run. The claim is guarded by `state = 'pending'`, so two runs never
-    both claim a row.
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim's result: the rows to send now, and how many the frequency cap deferred."""
+
+    rows: list[ClaimedRow]
+    deferred: int = 0
+
+
+def _recent_sends(wh: Warehouse, recipients: Sequence[str], as_of: datetime) -> dict[str, int]:
+    """Per lower-cased recipient: rows claimed, sent or unknown (maybe sent) whose send run's
+    instant is within a day of `as_of`, either side, across every campaign."""
+    if not recipients:
+        return {}
+    rows = wh.fetchall(
+        f"""
+        select lower(recipient), count(*) from nudge.send_ledger
+        where lower(recipient) in ({placeholders(len(recipients))})
+          and state in ('claimed', 'sent', 'unknown')
+          and sent_as_of > ? and sent_as_of < ?
+        group by lower(recipient)
+        """,
+        [*recipients, as_of - DAY, as_of + DAY],
+    )
+    return {r: int(n) for r, n in rows}
+
+
+def claim_for_send(
+    wh: Warehouse,
+    campaign: str,
+    run_id: str,
+    limit: int,
+    *,
+    as_of: datetime | None = None,
+    max_per_recipient_per_day: int = 0,
+    recorded: Sequence[Recorded] = (),
+) -> Claim:
+    """Claim up to `limit` pending rows for this run, in one committed transaction (which also
+    records `recorded`, a finished batch's outcomes: one commit per batch instead of two).
+
+    Rows this run already looked at (tried and put back, or deferred) are not taken again: their
+    `claimed_by` is this run. The update is guarded by `state = 'pending'`, so two runs never
+    both claim a row. With `as_of` and a cap > 0, a recipient who already has that many sends
+    within a day of `as_of` keeps the rest pending (reason `frequency_cap`); oldest entries go
+    first, so the deferred ones lead the next evaluation's claim.
     """
-    keys = [
-        r[0]
-        for r in wh.fetchall(
+    cap = max_per_recipient_per_day if as_of is not None else 0
+    for r in recorded:
+        check_transition(State.CLAIMED, r.outcome.state)
+    now = utcnow()
+    with wh.transaction():
+        if recorded:
+            _record_rows(wh, run_id, recorded)
+        if wh.kind == "postgres":
+            wh.execute("select pg_advisory_xact_lock(?)", [_CLAIM_LOCK_ID])
+        rows = wh.fetchall(
             """
-            select ledger_key from nudge.send_ledger
+            select ledger_key, campaign, entity_id, entry_as_of, step, recipient, payload,
+                attempts
+            from nudge.send_ledger
             where campaign = ? and state = 'pending' and (claimed_by is null or claimed_by <> ?)
             order by entry_as_of, ledger_key
             limit ?
             """,
             [campaign, run_id, limit],
         )
-    ]
-    if not keys:
-        return []
-    now = utcnow()
-    with wh.transaction():
-        claimed = [
-            key
-            for key in keys
-            if affected_rows(
+        if not rows:
+            return Claim([])
+        candidates = [(row[0], row[5]) for row in rows]
+        take: list[str] = []
+        defer: list[str] = []
+        if cap > 0 and as_of is not None:
+            used = _recent_sends(wh, sorted({r.lower() for _, r in candidates if r}), as_of)
+            for key, recipient in candidates:
+                who = recipient.lower() if recipient else None
+                if who is not None and used.get(who, 0) >= cap:
+                    defer.append(key)
+                    continue
+                if who is not None:
+                    used[who] = used.get(who, 0) + 1
+                take.append(key)
+        else:
+            take = [k for k, _ in candidates]
+        taken = 0
+        if take:
+            taken = affected_rows(
                 wh,
-                "update nudge.send_ledger set state = 'claimed', claimed_by = ?, claimed_at = ?, "
-                "updated_at = ? where ledger_key = ? and state = 'pending'",
-                [run_id, now, now, key],
+                f"""
+                update nudge.send_ledger
+                set state = 'claimed', claimed_by = ?, claimed_at = ?, sent_as_of = ?,
+                    updated_at = ?
+                where ledger_key in ({placeholders(len(take))}) and state = 'pending'
+                """,
+                [run_id, now, as_of, now, *take],
             )
-        ]
-    if not claimed:
-        return []
+        if defer:
+            wh.execute(
+                f"""
+                update nudge.send_ledger
+                set claimed_by = ?, reason = 'frequency_cap', last_error = ?, updated_at = ?
+                where ledger_key in ({placeholders(len(defer))}) and state = 'pending'
+                """,
+                [
+                    run_id,
+                    f"deferred by the frequency cap: the recipient already has {cap} email(s) "
+                    f"within a day of {instant_iso(as_of)} "
+                    "(NUDGE_MAX_EMAILS_PER_RECIPIENT_PER_DAY); a later evaluation sends it",
+                    now,
+                    *defer,
+                ],
+            )
+    if not take:
+        return Claim([], len(defer))
+    if taken == len(take):  # every candidate was still pending: they are ours as read
+        chosen = set(take)
+        return Claim(
+            [
+                ClaimedRow(k, c, e, a, st, rcpt, json.loads(p) if p else {}, int(n or 0))
+                for k, c, e, a, st, rcpt, p, n in rows
+                if k in chosen
+            ],
+            len(defer),
+        )
+    # Another writer changed a candidate meanwhile: read back what this run holds.
     rows = wh.fetchall(
         f"""
         select ledger_key, campaign, entity_id, entry_as_of, step, recipient, payload, attempts
         from nudge.send_ledger
-        where ledger_key in ({placeholders(len(claimed))}) and state = 'claimed' and claimed_by = ?
+        where ledger_key in ({placeholders(len(take))}) and state = 'claimed' and claimed_by = ?
         order by entry_as_of, ledger_key
         """,
-        [*claimed, run_id],
+        [*take, run_id],
     )
-    return [
+    claimed = [
         ClaimedRow(k, c, e, a, s, rcpt, json.loads(p) if p else {}, int(n or 0))
         for k, c, e, a, s, rcpt, p, n in rows
     ]
+    return Claim(claimed, len(defer))
+
+
+def claim_batch(wh: Warehouse, campaign: str, run_id: str, limit: int) -> list[ClaimedRow]:
+    """Claim up to `limit` pending rows for this run, without a frequency cap."""
+    return claim_for_send(wh, campaign, run_id, limit).rows
 
 
 @dataclass(frozen=True)
@@ -417,40 +542,83 @@ class Recorded:
 
 
 def record_outcomes(wh: Warehouse, run_id: str, results: Sequence[Recorded]) -> None:
-    """Record a batch's outcomes in one transaction (claimed -> sent|failed|pending|unknown)."""
-    now = utcnow()
+    """Record a batch's outcomes in one transaction (claimed -> sent|failed|pending|unknown),
+    with one statement per chunk of rows. A row that goes back to pending or fails loses its
+    `sent_as_of`: it no longer counts against the frequency cap."""
+    for r in results:
+        check_transition(State.CLAIMED, r.outcome.state)
+    if not results:
+        return
     with wh.transaction():
-        for r in results:
-            check_transition(State.CLAIMED, r.outcome.state)
-            touched = affected_rows(
-                wh,
-                """
-                update nudge.send_ledger set state = ?, reason = ?, attempts = ?,
-                    last_error = coalesce(?, last_error),
-                    provider_message_id = coalesce(?, provider_message_id),
-                    sent_at = ?, updated_at = ?
-                where ledger_key = ? and state = 'claimed' and claimed_by = ?
-                """,
-                [
-                    str(r.outcome.state),
-                    r.outcome.reason,
-                    r.attempts_total,
-                    r.outcome.error,
-                    r.provider_message_id,
-                    now if r.outcome.state == State.SENT else None,
-                    now,
-                    r.ledger_key,
-                    run_id,
-                ],
-            )
-            if not touched:
-                # Someone recovered our claim (we were thought dead): say so, change nothing.
-                log.warning(
-                    "send ledger: %s was no longer claimed by run %s; outcome %s not recorded",
-                    r.ledger_key,
-                    run_id,
-                    r.outcome.state,
-                )
+        _record_rows(wh, run_id, results)
+
+
+def _record_rows(wh: Warehouse, run_id: str, results: Sequence[Recorded]) -> None:
+    now = utcnow()
+    touched = 0
+    for i in range(0, len(results), 200):
+        part = results[i : i + 200]
+        values = ", ".join(f"({placeholders(6)})" for _ in part)
+        touched += affected_rows(
+            wh,
+            f"""
+            update nudge.send_ledger as t set
+                state = v.state, reason = v.reason, attempts = v.attempts,
+                last_error = coalesce(v.error, t.last_error),
+                provider_message_id = coalesce(v.message_id, t.provider_message_id),
+                sent_at = case when v.state = 'sent' then cast(? as timestamp) else null end,
+                sent_as_of = case when v.state in ('sent', 'unknown') then t.sent_as_of
+                    else null end,
+                updated_at = cast(? as timestamp)
+            from (values {values}) as v(ledger_key, state, reason, attempts, error, message_id)
+            where t.ledger_key = v.ledger_key and t.state = 'claimed' and t.claimed_by = ?
+            """,
+            [
+                now,
+                now,
+                *(
+                    v
+                    for r in part
+                    for v in (
+                        r.ledger_key,
+                        str(r.outcome.state),
+                        r.outcome.reason,
+                        r.attempts_total,
+                        r.outcome.error,
+                        r.provider_message_id,
+                    )
+                ),
+                run_id,
+            ],
+        )
+        fault_point("mid_record")
+    if touched < len(results):
+        # Someone recovered our claim (we were thought dead): say so, change nothing.
+        log.warning(
+            "send ledger: %d of %d row(s) were no longer claimed by run %s; their outcomes "
+            "were not recorded",
+            len(results) - touched,
+            len(results),
+            run_id,
+        )
+
+
+def skip_suppressed(wh: Warehouse, campaign: str) -> int:
+    """pending -> skipped(suppressed) for recipients suppressed since their evaluation (an
+    unsubscribe while the row waited for a retry or the frequency cap). Returns how many."""
+    check_transition(State.PENDING, State.SKIPPED)
+    with wh.transaction():
+        if wh.kind == "postgres":  # not under a concurrent claim's feet
+            wh.execute("select pg_advisory_xact_lock(?)", [_CLAIM_LOCK_ID])
+        return affected_rows(
+            wh,
+            """
+            update nudge.send_ledger set state = 'skipped', reason = 'suppressed', updated_at = ?
+            where campaign = ? and state = 'pending'
+              and lower(recipient) in (select email from nudge.suppressions)
+            """,
+            [utcnow(), campaign],
+        )
 
 
 def release_rows(wh: Warehouse, campaign: str, include_unknown: bool = False) -> int:

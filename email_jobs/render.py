@@ -30,6 +30,7 @@ from premailer import Premailer
 
 from email_jobs.addresses import normalize_address, split_addresses
 from email_jobs.campaigns import Campaign
+from email_jobs.css_precompile import PRECOMPILED
 from email_jobs.message import OutgoingEmail
 from nudge.settings import Settings
 
@@ -318,9 +319,10 @@ def render_parts(
     subject = clean_subject(_render(subject_t, context, where))
     if not subject:
         raise RenderError(f"{subject_t.filename}: the subject renders empty ({where})")
-    html = _render(html_t, context, where)
-    if inline:
-        html = inline_css(html)
+    if inline:  # the template's CSS is inlined once, not per message (email_jobs.css_precompile)
+        html = PRECOMPILED.render(env, html_t, context, _render, inline_css, where)
+    else:
+        html = _render(html_t, context, where)
     text = _render(text_t, context, where).strip() + "\n"
     return subject, html, text
 

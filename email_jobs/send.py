@@ -1,12 +1,22 @@
 """The send loop: claim pending ledger rows, render, deliver, record.
 
 Safety over speed: a batch's claim is committed before any provider call, and outcomes are
-committed per batch, so a crash can at worst leave a batch `claimed`; the next run turns those
-rows into `unknown` (or back to `pending` with `on_unknown: resend`) instead of sending twice.
-The warehouse is opened only briefly (claim, record) and only from the coordinating thread;
-worker threads only make delivery attempts (and wait out their backoffs).
+committed per batch, so a crash can at worst leave the batches in flight `claimed`; the next run
+turns those rows into `unknown` (or back to `pending` with `on_unknown: resend`) instead of
+sending twice. At most `MAX_BATCHES_IN_FLIGHT` batches (2 x `send_concurrency` rows by default)
+are claimed and not yet recorded at any time, which bounds what a crash can leave `unknown`.
 
-Not implemented: a per-recipient frequency cap across campaigns (see the report/README).
+One warehouse connection serves a campaign's send, used only by the coordinating thread: one
+transaction records a finished batch and claims the next. Worker threads render and make
+delivery attempts (and wait out their backoffs). On DuckDB the send holds the writer lock while
+it runs.
+
+The frequency cap (NUDGE_MAX_EMAILS_PER_RECIPIENT_PER_DAY) is decided at the claim from the send
+run's evaluation instant (`as_of`), never the wall clock: see `email_jobs.ledger.claim_for_send`.
+
+Retries: a timeout after the request was written may mean SendGrid accepted the message; we
+retry it anyway (the issue's choice: a rare duplicate over a silent loss). Only a crash between
+the provider's answer and the record leaves a row `unknown`.
 """
 
 from __future__ import annotations
@@ -14,26 +24,30 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from email_jobs.campaigns import Campaign
 from email_jobs.drips import step_campaign
+from email_jobs.faults import fault_point
 from email_jobs.ledger import (
     ClaimedRow,
     Outcome,
     Recorded,
     State,
-    claim_batch,
+    claim_for_send,
     count_pending,
     ensure_schema,
     outcome_after_delivery,
     record_outcomes,
     recover_claims,
     release_rows,
+    skip_suppressed,
     state_counts,
 )
 from email_jobs.message import Backend, DeliveryResult, OutgoingEmail
@@ -47,6 +61,8 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
 # A provider asking for a longer pause than this ends the row's attempts for this run.
 MAX_RETRY_AFTER_S = 120.0
+# Claimed-but-unrecorded batches at any moment: a crash leaves at most this many unknown.
+MAX_BATCHES_IN_FLIGHT = 2
 
 RenderFn = Callable[..., OutgoingEmail]
 OpenWarehouse = Callable[[], AbstractContextManager[Warehouse]]
@@ -63,6 +79,8 @@ class SendReport:
     failed: int = 0
     retry_later: int = 0  # back to pending for the next run
     delivery_unknown: int = 0  # the backend raised: we cannot tell whether it went out
+    deferred: int = 0  # kept pending by the frequency cap, for a later evaluation
+    suppressed: int = 0  # pending rows skipped: suppressed since their evaluation
     attempts: int = 0
     # The campaign's ledger after the run: rows needing a person (`nudge release`).
     unknown: int = 0
@@ -74,8 +92,8 @@ class SendReport:
         """One line for logs."""
         text = (
             f"campaign {self.campaign}: sent {self.sent} of {self.pending_at_start} pending, "
-            f"failed {self.failed}, retry later {self.retry_later}, unknown {self.unknown}, "
-            f"held {self.held}"
+            f"failed {self.failed}, retry later {self.retry_later}, deferred by the frequency "
+            f"cap {self.deferred}, unknown {self.unknown}, held {self.held}"
         )
         if self.recovered_unknown or self.recovered_resend:
             text += (
@@ -120,11 +138,14 @@ def deliver_with_retries(
     last: DeliveryResult | None = None
     while attempts < max_attempts:
         attempts += 1
+        fault_point("before_send")
         try:
             last = backend.send(email)
         except Exception as exc:  # the protocol says classify, never raise: we cannot know
             log.exception("backend %s raised for %s", backend.name, email.ledger_key)
             return Delivery(None, attempts, f"{type(exc).__name__}: {exc}")
+        if last.status == "sent":
+            fault_point("after_accept")
         if last.status != "retryable":
             return Delivery(last, attempts, last.error)
         if attempts >= max_attempts:
@@ -145,6 +166,58 @@ def _render_row(
         return f"render: {exc}"
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    row: ClaimedRow
+    delivery: Delivery | None  # None: the row could not be rendered
+    render_error: str | None = None
+
+
+def _attempt(
+    render: RenderFn,
+    campaign: Campaign,
+    row: ClaimedRow,
+    settings: Settings,
+    backend: Backend,
+    max_attempts: int,
+    sleep: Callable[[float], None],
+    rand: Callable[[], float],
+) -> _Attempt:
+    """Render and deliver one claimed row (in a worker thread)."""
+    email = _render_row(render, campaign, row, settings)
+    if isinstance(email, str):  # a render error is permanent for this payload
+        return _Attempt(row, None, email)
+    delivery = deliver_with_retries(
+        backend, email, max_attempts=max_attempts, sleep=sleep, rand=rand
+    )
+    return _Attempt(row, delivery)
+
+
+def _recorded(attempt: _Attempt, max_total_attempts: int) -> Recorded:
+    row = attempt.row
+    if attempt.delivery is None:
+        return Recorded(
+            row.ledger_key,
+            Outcome(State.FAILED, "render_error", attempt.render_error),
+            row.attempts,
+        )
+    delivery = attempt.delivery
+    total_attempts = row.attempts + delivery.attempts
+    status = delivery.result.status if delivery.result else "unknown"
+    outcome = outcome_after_delivery(status, delivery.error, total_attempts, max_total_attempts)
+    message_id = delivery.result.provider_message_id if delivery.result else None
+    return Recorded(row.ledger_key, outcome, total_attempts, message_id)
+
+
+def latest_evaluation_instant(wh: Warehouse, campaign: str) -> datetime | None:
+    """The campaign's newest evaluation instant: the send instant of a run that has none of its
+    own (`nudge release`), so that the frequency cap still decides from data."""
+    if not wh.table_exists("nudge", "evaluations"):
+        return None
+    row = wh.fetchone("select max(as_of) from nudge.evaluations where campaign = ?", [campaign])
+    return row[0] if row else None
+
+
 def send_campaign(
     open_wh: OpenWarehouse,
     campaign: Campaign,
@@ -152,27 +225,68 @@ def send_campaign(
     settings: Settings,
     run_id: str,
     *,
+    as_of: datetime | None = None,
     render: RenderFn | None = None,
     max_attempts_per_run: int = 4,
-    batch_size: int = 20,
+    batch_size: int | None = None,
     max_total_attempts: int = MAX_TOTAL_ATTEMPTS,
     sleep: Callable[[float], None] = time.sleep,
     rand: Callable[[], float] = random.random,
 ) -> SendReport:
-    """Send the campaign's pending ledger rows through `backend` and record every outcome."""
+    """Send the campaign's pending ledger rows through `backend` and record every outcome.
+
+    `as_of` is the send run's evaluation instant, for the frequency cap (default: the campaign's
+    newest evaluation). Batches default to twice `settings.send_concurrency` rows.
+    """
     if render is None:
         from email_jobs.render import render_email
 
         render = render_email
     report = SendReport(campaign=campaign.name)
+    batch_size = batch_size or 2 * max(1, settings.send_concurrency)
+    # One connection for the whole send: opening a DuckDB file costs tens of milliseconds (and
+    # its close a checkpoint), which per batch capped the rate far below the provider's. On
+    # DuckDB this holds the writer lock until the campaign's send ends.
     with open_wh() as wh:
-        ensure_schema(wh)
-        recovered = recover_claims(wh, campaign.name, run_id, campaign.on_unknown)
-        if campaign.on_unknown == "resend":
-            report.recovered_resend = recovered
-        else:
-            report.recovered_unknown = recovered
-        report.pending_at_start = count_pending(wh, campaign.name, run_id)
+        _send_all(wh, campaign, backend, settings, run_id, report, as_of, batch_size, render,
+                  max_attempts_per_run, max_total_attempts, sleep, rand)  # fmt: skip
+        after = state_counts(wh, campaign.name)
+    report.unknown = after.get(State.UNKNOWN, 0)
+    report.held = after.get(State.HELD, 0)
+    report.pending_left = after.get(State.PENDING, 0)
+    log.info("%s", report.summary())
+    return report
+
+
+def _send_all(
+    wh: Warehouse,
+    campaign: Campaign,
+    backend: Backend,
+    settings: Settings,
+    run_id: str,
+    report: SendReport,
+    as_of: datetime | None,
+    batch_size: int,
+    render: RenderFn,
+    max_attempts_per_run: int,
+    max_total_attempts: int,
+    sleep: Callable[[float], None],
+    rand: Callable[[], float],
+) -> None:
+    """Recover dead runs' claims, then claim, deliver (in the pool) and record until no pending
+    row is left for this run; at most MAX_BATCHES_IN_FLIGHT batches claimed and unrecorded."""
+    workers = max(1, settings.send_concurrency)
+    cap = max(0, settings.max_emails_per_recipient_per_day)
+    ensure_schema(wh)
+    recovered = recover_claims(wh, campaign.name, run_id, campaign.on_unknown)
+    if campaign.on_unknown == "resend":
+        report.recovered_resend = recovered
+    else:
+        report.recovered_unknown = recovered
+    report.suppressed = skip_suppressed(wh, campaign.name)
+    report.pending_at_start = count_pending(wh, campaign.name, run_id)
+    if as_of is None:
+        as_of = latest_evaluation_instant(wh, campaign.name)
     if recovered:
         log.warning(
             "campaign %s: %d row(s) were left claimed by a run that did not finish; they are now "
@@ -183,77 +297,74 @@ def send_campaign(
             if campaign.on_unknown == "resend"
             else "unknown (release them with `nudge release --unknown` after checking)",
         )
-    total = report.pending_at_start
-    workers = max(1, settings.send_concurrency)
+    in_flight: deque[list[Future[_Attempt]]] = deque()
+    exhausted = False
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nudge-send") as pool:
-        while True:
-            with open_wh() as wh:
-                batch = claim_batch(wh, campaign.name, run_id, batch_size)
-            if not batch:
-                break
-            report.claimed += len(batch)
-            recorded: list[Recorded] = []
-            futures = {}
-            for row in batch:
-                email = _render_row(render, campaign, row, settings)
-                if isinstance(email, str):  # a render error is permanent for this payload
-                    recorded.append(
-                        Recorded(
-                            row.ledger_key,
-                            Outcome(State.FAILED, "render_error", email),
-                            row.attempts,
-                        )
-                    )
-                    continue
-                # Never let one run exceed the total cap either.
-                allowed = max(1, min(max_attempts_per_run, max_total_attempts - row.attempts))
-                futures[row.ledger_key] = (
-                    row,
-                    pool.submit(
-                        deliver_with_retries,
-                        backend,
-                        email,
-                        max_attempts=allowed,
-                        sleep=sleep,
-                        rand=rand,
-                    ),
-                )
-            for key, (row, future) in futures.items():
-                delivery: Delivery = future.result()
-                total_attempts = row.attempts + delivery.attempts
-                report.attempts += delivery.attempts
-                status = delivery.result.status if delivery.result else "unknown"
-                outcome = outcome_after_delivery(
-                    status, delivery.error, total_attempts, max_total_attempts
-                )
-                recorded.append(
-                    Recorded(
-                        key,
-                        outcome,
-                        total_attempts,
-                        delivery.result.provider_message_id if delivery.result else None,
-                    )
-                )
-            with open_wh() as wh:
+        while in_flight or not exhausted:
+            done: list[_Attempt] = []
+            if in_flight and (exhausted or len(in_flight) >= MAX_BATCHES_IN_FLIGHT):
+                done = [f.result() for f in in_flight.popleft()]
+            recorded = [_recorded(a, max_total_attempts) for a in done]
+            claimed: list[ClaimedRow] = []
+            if recorded:
+                fault_point("before_record")
+            if recorded and exhausted:
                 record_outcomes(wh, run_id, recorded)
+                fault_point("after_record")
+            # Otherwise the outcomes are committed with the next claim, in one transaction.
+            to_record = [] if exhausted else recorded
+            while not exhausted and not claimed:
+                fault_point("before_claim")
+                claim = claim_for_send(
+                    wh,
+                    campaign.name,
+                    run_id,
+                    batch_size,
+                    as_of=as_of,
+                    max_per_recipient_per_day=cap,
+                    recorded=to_record,
+                )
+                if to_record:
+                    fault_point("after_record")
+                to_record = []
+                fault_point("after_claim")
+                report.deferred += claim.deferred
+                claimed = claim.rows
+                exhausted = not claim.rows and not claim.deferred
             for r in recorded:
                 _count(report, r)
-            log.info(
-                "campaign %s: sent %d/%d (failed %d, retry later %d, delivery unknown %d)",
-                campaign.name,
-                report.sent,
-                total,
-                report.failed,
-                report.retry_later,
-                report.delivery_unknown,
-            )
-    with open_wh() as wh:
-        after = state_counts(wh, campaign.name)
-    report.unknown = after.get(State.UNKNOWN, 0)
-    report.held = after.get(State.HELD, 0)
-    report.pending_left = after.get(State.PENDING, 0)
-    log.info("%s", report.summary())
-    return report
+            report.attempts += sum(a.delivery.attempts for a in done if a.delivery)
+            if claimed:
+                report.claimed += len(claimed)
+                in_flight.append(
+                    [
+                        pool.submit(
+                            _attempt,
+                            render,
+                            campaign,
+                            row,
+                            settings,
+                            backend,
+                            # Never let one run exceed the total cap either.
+                            max(1, min(max_attempts_per_run, max_total_attempts - row.attempts)),
+                            sleep,
+                            rand,
+                        )
+                        for row in claimed
+                    ]
+                )
+            if recorded:
+                log.info(
+                    "campaign %s: sent %d/%d (failed %d, retry later %d, deferred %d, "
+                    "delivery unknown %d)",
+                    campaign.name,
+                    report.sent,
+                    report.pending_at_start,
+                    report.failed,
+                    report.retry_later,
+                    report.deferred,
+                    report.delivery_unknown,
+                )
 
 
 def _count(report: SendReport, r: Recorded) -> None:

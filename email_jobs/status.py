@@ -94,6 +94,37 @@ def _ledger_counts(wh: Warehouse) -> dict[str, dict[str, int]]:
     return counts
 
 
+SAMPLE = 20  # ledger keys listed per campaign for rows that need a look
+
+
+def _attention(wh: Warehouse) -> dict[str, dict[str, Any]]:
+    """Per campaign: pending rows by reason (`retry_later` after failed attempts,
+    `frequency_cap`, new ones as `new`), and samples of the rows a person should look at: those
+    still failing (pending after attempts) and those `unknown`."""
+    if not wh.table_exists("nudge", "send_ledger"):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for campaign, reason, n in wh.fetchall(
+        "select campaign, coalesce(reason, 'new'), count(*) from nudge.send_ledger "
+        "where state = 'pending' group by campaign, coalesce(reason, 'new')"
+    ):
+        entry = out.setdefault(campaign, {"pending_reasons": {}, "retrying": [], "unknown": []})
+        entry["pending_reasons"][reason] = int(n)
+    rows = wh.fetchall(
+        """
+        select campaign, state, ledger_key, attempts, last_error from nudge.send_ledger
+        where (state = 'pending' and attempts > 0) or state = 'unknown'
+        order by campaign, state, updated_at desc, ledger_key
+        """
+    )
+    for campaign, state, key, attempts, error in rows:
+        entry = out.setdefault(campaign, {"pending_reasons": {}, "retrying": [], "unknown": []})
+        bucket = entry["retrying" if state == "pending" else "unknown"]
+        if len(bucket) < SAMPLE:
+            bucket.append({"ledger_key": key, "attempts": int(attempts), "last_error": error})
+    return out
+
+
 def _last_failure(wh: Warehouse) -> dict[str, Any] | None:
     try:
         from email_jobs.run_failures import latest_failure
@@ -105,6 +136,7 @@ def _last_failure(wh: Warehouse) -> dict[str, Any] | None:
 def collect_status(wh: Warehouse, campaigns: Sequence[Campaign]) -> dict[str, Any]:
     evaluations = _last_evaluations(wh)
     ledger = _ledger_counts(wh)
+    attention = _attention(wh)
     out_campaigns = []
     for campaign in campaigns:
         last = evaluations.get(campaign.name)
@@ -118,6 +150,9 @@ def collect_status(wh: Warehouse, campaigns: Sequence[Campaign]) -> dict[str, An
                 "last_evaluation": to_iso(last["as_of"]) if last else None,
                 "last_evaluation_kind": last["kind"] if last else None,
                 "sends": {str(s): by_state.get(s, 0) for s in SEND_STATES},
+                **attention.get(
+                    campaign.name, {"pending_reasons": {}, "retrying": [], "unknown": []}
+                ),
             }
         )
     return {

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     max_rejected_share: float = 0.01
     max_sends_per_evaluation: int = 500
     max_entry_share: float = 0.5
+    # Frequency cap across campaigns, per recipient, within a day of the send's evaluation
+    # instant; 0 turns it off (email_jobs.ledger.claim_for_send).
+    max_emails_per_recipient_per_day: int = 1
 
     # Operational knobs beyond the contract.
     duckdb_memory_limit: str = "2GB"

@@ -192,13 +192,24 @@ def test_the_claim_is_committed_before_the_provider_is_called(open_wh, settings,
     seen: list[str] = []
 
     def look(email: OutgoingEmail) -> None:
-        # Another connection sees the row claimed while the provider call is in flight.
-        with open_wh() as wh:
+        # Another connection sees the row claimed while the provider call is in flight. (The
+        # send holds Nudge's DuckDB file lock; a second in-process connection shares the
+        # database and sees only what was committed.)
+        conn = duckdb.connect(
+            str(settings.warehouse_url.path),
+            config={
+                "memory_limit": settings.duckdb_memory_limit,
+                "preserve_insertion_order": False,
+            },
+        )
+        try:
             seen.append(
-                wh.fetchone(
+                conn.execute(
                     "select state from nudge.send_ledger where ledger_key = ?", [email.ledger_key]
-                )[0]
+                ).fetchone()[0]
             )
+        finally:
+            conn.close()
 
     send(open_wh, ScriptedBackend(on_send=look), serial(settings), templates)
     assert seen == ["claimed", "claimed"]

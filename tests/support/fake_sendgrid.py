@@ -201,6 +201,11 @@ def validate_mail_send(body: Any) -> tuple[str, str | None] | None:
     return None
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 refuses connections under a few dozen concurrent senders.
+    request_queue_size = 256
+
+
 @dataclass
 class RecordedRequest:
     method: str
@@ -235,7 +240,7 @@ class FakeSendGrid:
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
+        self._server = _Server(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

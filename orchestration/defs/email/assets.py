@@ -10,11 +10,13 @@ from email_jobs.backends import make_backend
 from email_jobs.campaigns import Campaign
 from email_jobs.evaluate import EvaluationDeferred, compute_guard_inputs, evaluate_campaign
 from email_jobs.send import send_campaign
+from email_jobs.suppressions import sync_suppressions
+from nudge.asof import parse_as_of
 from orchestration.defs.email.campaigns import manifest_campaigns
 from orchestration.defs.runtime.instant import evaluation_instant
 from orchestration.defs.runtime.partitions import days
 from orchestration.defs.runtime.resources import NudgeResource
-from orchestration.defs.runtime.tags import INGEST_RUNS_TAG
+from orchestration.defs.runtime.tags import AS_OF_TAG, INGEST_RUNS_TAG
 from orchestration.defs.transform.assets import nudge_dbt_models
 
 OWNERS = ["team:crm"]
@@ -91,12 +93,16 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                 raise dg.Failure(
                     description=f"Evaluation at {end:%Y-%m-%d %H:%M}Z deferred: {deferred}"
                 )
+            suppressions = sync_suppressions(wh, settings)
             for c in selected:
                 result = evaluate_campaign(
                     wh, c, end, settings, context.run.run_id, guard_inputs=guard_inputs
                 )
                 context.log.info(result.summary())
-                yield dg.MaterializeResult(asset_key=evaluation_key(c), metadata=result.metadata())
+                yield dg.MaterializeResult(
+                    asset_key=evaluation_key(c),
+                    metadata={**result.metadata(), **suppressions.metadata()},
+                )
                 yield dg.AssetCheckResult(
                     asset_key=evaluation_key(c),
                     check_name="guards",
@@ -137,9 +143,15 @@ def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
     def campaign_sends(context: dg.AssetExecutionContext, nudge: NudgeResource) -> Iterator[Any]:
         settings = nudge.settings()
         backend = make_backend(settings)
+        # The frequency cap counts from the evaluation's instant; a run without one
+        # (`nudge release`) uses the campaign's newest evaluation (email_jobs.send).
+        tag = context.run.tags.get(AS_OF_TAG)
+        as_of = parse_as_of(tag) if tag else None
         try:
             for c in _selected(context, campaigns, sends_key):
-                report = send_campaign(nudge.warehouse, c, backend, settings, context.run.run_id)
+                report = send_campaign(
+                    nudge.warehouse, c, backend, settings, context.run.run_id, as_of=as_of
+                )
                 context.log.info(report.summary())
                 yield dg.MaterializeResult(asset_key=sends_key(c), metadata=report.metadata())
                 yield dg.AssetCheckResult(
