@@ -1,7 +1,8 @@
 """dbt models as Dagster assets (staging -> intermediate -> marts -> cohorts); tests as checks."""
 
-import json
+import os
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -32,18 +33,17 @@ class NudgeDbtTranslator(DagsterDbtTranslator):
         return spec
 
 
-def dbt_build_args(as_of: datetime) -> list[str]:
-    """One `dbt build` (models and their data tests) at the evaluation instant.
+def dbt_build_args() -> list[str]:
+    """One `dbt build` (models and their data tests).
 
     dbt's unit tests check the SQL's logic, not the data: CI runs them, a production run need not.
     """
-    return [
-        "build",
-        "--exclude-resource-type",
-        "unit_test",
-        "--vars",
-        json.dumps({"nudge_as_of": to_iso(as_of)}),
-    ]
+    return ["build", "--exclude-resource-type", "unit_test"]
+
+
+def dbt_as_of_env(as_of: datetime) -> dict[str, str]:
+    """The evaluation instant, as dbt_project.yml's var `nudge_as_of` reads it."""
+    return {"NUDGE_AS_OF": to_iso(as_of)}
 
 
 @dbt_assets(
@@ -58,8 +58,23 @@ def nudge_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, nudge: NudgeResource
 ) -> Iterator[Any]:
     settings = nudge.settings()
-    with writer_lock(settings):
-        yield from dbt.cli(dbt_build_args(evaluation_instant(context)), context=context).stream()
+    with writer_lock(settings), _environ(dbt_as_of_env(evaluation_instant(context))):
+        yield from dbt.cli(dbt_build_args(), context=context).stream()
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """dagster-dbt hands this process's environment to dbt: set it for the step, then restore."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dg.definitions
