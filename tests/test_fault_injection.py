@@ -172,7 +172,10 @@ def accepted(record: Path) -> dict[str, list[str]]:
     """ledger key -> the message ids the server accepted for it (every chain's)."""
     out: dict[str, list[str]] = {}
     if record.exists():
-        for line in record.read_text(encoding="utf-8").splitlines():
+        lines = record.read_text(encoding="utf-8").split("\n")
+        # The other chain's server may be writing a line right now: the last piece is either
+        # empty (file ends in a newline) or a line still being written, counted next time.
+        for line in lines[:-1]:
             item = json.loads(line)
             out.setdefault(item["body"]["custom_args"]["nudge_key"], []).append(item["message_id"])
     return out
