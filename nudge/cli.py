@@ -269,10 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Libraries set their own loggers' levels; the terminal shows what the user asked for (the
+    # Dagster UI keeps every event of every run).
+    for handler in logging.root.handlers:
+        handler.setLevel(level if args.verbose else logging.ERROR)
     if args.verbose:
         import nudge.runner
 

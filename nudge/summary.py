@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +33,19 @@ def evaluation_rows(settings: Settings, end: datetime) -> list[dict[str, Any]]:
     return evaluations
 
 
+def _reasons(stored: object) -> list[str]:
+    """guard_reasons as stored: a JSON array of sentences (empty when no guard fired)."""
+    if not stored:
+        return []
+    if isinstance(stored, str):
+        try:
+            parsed = json.loads(stored)
+        except ValueError:
+            return [stored]
+        return [str(x) for x in parsed] if isinstance(parsed, list) else [str(parsed)]
+    return [str(x) for x in stored] if isinstance(stored, list) else [str(stored)]
+
+
 def evaluation_lines(settings: Settings, end: datetime) -> list[str]:
     lines = []
     for r in evaluation_rows(settings, end):
@@ -42,8 +56,9 @@ def evaluation_lines(settings: Settings, end: datetime) -> list[str]:
             f"  {r['campaign']:<24} members {r['members']:>5}  entered {r['entered']:>4}  "
             f"exited {r['exited']:>4}{kind}  -> {state_text}"
         )
-        if r.get("guard_reasons"):
-            lines.append(f"  {'':<24} guards: {r['guard_reasons']}")
+        reasons = _reasons(r.get("guard_reasons"))
+        if reasons:
+            lines.append(f"  {'':<24} guards: {'; '.join(reasons)}")
     return lines
 
 

@@ -60,6 +60,7 @@ def test_dbt_builds_once_at_the_instant_without_unit_tests() -> None:
     args = dbt_build_args()
     assert args[0] == "build"
     assert args[args.index("--exclude-resource-type") + 1] == "unit_test"
+    assert args[args.index("--exclude") + 1] == "source:raw"
     assert "--vars" not in args  # changed --vars would make dbt re-parse the project each run
     assert dbt_as_of_env(datetime(2026, 3, 12)) == {"NUDGE_AS_OF": "2026-03-12T00:00:00Z"}
 

@@ -1,6 +1,8 @@
 -- Invariant: cohort_not_activated_7d is exactly the profiled users with signup strictly inside
 -- (end - max_days, end - min_days) and no event (read from the events themselves) in
 -- [end - window, end). Returns the disagreements.
+-- Shown in Dagster as an asset check of the cohort it verifies.
+{{ config(meta={'dagster': {'ref': {'name': 'cohort_not_activated_7d'}}}) }}
 
 {%- set window = nudge_window(nudge_int_var('not_activated_window_days', 1)) %}
 {%- set end = nudge_as_of() %}

@@ -1,6 +1,8 @@
 -- Invariant: cohort_too_many_4xx_7d is exactly the users whose events (counted from the events
 -- themselves, not the rollups) reach the threshold in [end - window, end), with those counts.
 -- Returns the disagreements.
+-- Shown in Dagster as an asset check of the cohort it verifies.
+{{ config(meta={'dagster': {'ref': {'name': 'cohort_too_many_4xx_7d'}}}) }}
 
 {%- set window = nudge_window(nudge_int_var('too_many_4xx_window_days', 1)) %}
 
