@@ -1,6 +1,7 @@
 """dbt models as Dagster assets (staging -> intermediate -> marts -> cohorts); tests as checks."""
 
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -61,7 +62,11 @@ def nudge_dbt_models(
 ) -> Iterator[Any]:
     settings = nudge.settings()
     with writer_lock(settings), _environ(dbt_as_of_env(evaluation_instant(context))):
-        yield from dbt.cli(dbt_build_args(), context=context).stream()
+        invocation = dbt.cli(dbt_build_args(), context=context)
+        yield from invocation.stream()
+    # Each invocation writes its own target folder; keep only failed ones (for debugging), or a
+    # daily schedule grows the project folder without end.
+    shutil.rmtree(invocation.target_path, ignore_errors=True)
 
 
 @contextmanager
