@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
@@ -80,7 +81,13 @@ def execute(
     partition_key: str | None = None,
     asset_selection: Sequence[dg.AssetKey] | None = None,
 ) -> JobOutcome:
-    job = definitions().resolve_job_def(job_name)
+    with warnings.catch_warnings():
+        # Raw events backfill days in one run, models and evaluations one day a run (each day is
+        # evaluated as of its own end): Dagster warns that the evaluate job mixes the two.
+        warnings.filterwarnings(
+            "ignore", message=".*varying BackfillPolicies", category=UserWarning
+        )
+        job = definitions().resolve_job_def(job_name)
     # dbt's own progress lines go to stdout; in the terminal they would bury Nudge's summary,
     # so unless verbose they go to a log file in DAGSTER_HOME (the UI has every event anyway).
     with _step_output(instance, job_name) as log_file:
