@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import unicodedata
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
@@ -29,6 +27,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from premailer import Premailer
 
 from email_jobs.addresses import normalize_address, split_addresses
+from email_jobs.backends.mime import clean_header_value
 from email_jobs.campaigns import Campaign
 from email_jobs.css_precompile import PRECOMPILED
 from email_jobs.message import OutgoingEmail
@@ -233,17 +232,9 @@ def _render(template: jinja2.Template, context: dict[str, Any], where: str) -> s
         raise RenderError(f"{at}: {exc} ({where})") from None
 
 
-_SPACE_RE = re.compile(r"\s+")
-
-
-def one_line(value: str) -> str:
-    """Line breaks and tabs as single spaces, other control characters (NUL, ESC...) dropped."""
-    chars = (
-        " " if ch in "\r\n\t\v\f" or unicodedata.category(ch) in ("Zl", "Zp") else ch
-        for ch in value
-        if ch in "\r\n\t\v\f" or unicodedata.category(ch) != "Cc"
-    )
-    return _SPACE_RE.sub(" ", "".join(chars)).strip()
+# Line breaks and tabs as single spaces, other control characters dropped: the same rule as
+# for every header value the backends write.
+one_line = clean_header_value
 
 
 def clean_subject(subject: str) -> str:

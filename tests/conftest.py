@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -33,6 +34,13 @@ def require_postgres() -> None:
 @pytest.fixture
 def postgres_database() -> Iterator[str]:
     """A fresh, uniquely named Postgres database; yields its URL and drops it afterwards."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """The database behind `postgres_database`, for tests that need more than one."""
     require_postgres()
     import psycopg2
 

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import dagster as dg
 import pytest
 import yaml
-from conftest import PG_HOST, PG_PORT, require_postgres
+from conftest import PG_HOST, PG_PORT, fresh_postgres_database, require_postgres
 from support.net import free_port
 
 from nudge.settings import Settings
@@ -423,20 +423,8 @@ mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params)
 @pytest.fixture
 def warehouse_database() -> Iterator[str]:
     """A second fresh database, for the warehouse (compose puts it beside Dagster's)."""
-    require_postgres()
-    import psycopg2
-
-    name = f"nudge_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'create database "{name}"')
-    try:
-        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'drop database if exists "{name}" with (force)')
-        admin.close()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.mark.postgres
