@@ -4,11 +4,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from nudge.manifest import dbt_executable
 from nudge.settings import Settings, export_runtime_env, load_settings
 from nudge.warehouse import Warehouse, connect
+from orchestration.defs.runtime.dbt_cli import NudgeDbtCliResource
 from orchestration.defs.transform.project import nudge_dbt_project
 
 
@@ -31,6 +31,8 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         resources={
             "nudge": NudgeResource(),
-            "dbt": DbtCliResource(project_dir=nudge_dbt_project, dbt_executable=dbt_executable()),
+            "dbt": NudgeDbtCliResource(
+                project_dir=nudge_dbt_project, dbt_executable=dbt_executable()
+            ),
         }
     )
