@@ -5,6 +5,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,6 +19,7 @@ from orchestration.defs.runtime.resources import NudgeResource
 from orchestration.defs.transform.project import nudge_dbt_project
 
 OWNERS = ["team:data"]
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
 
 
 class NudgeDbtTranslator(DagsterDbtTranslator):
@@ -64,9 +66,28 @@ def nudge_dbt_models(
     with writer_lock(settings), _environ(dbt_as_of_env(evaluation_instant(context))):
         invocation = dbt.cli(dbt_build_args(), context=context)
         yield from invocation.stream()
+    keep_partial_parse(invocation.target_path, nudge_dbt_project.project_dir / "target")
     # Each invocation writes its own target folder; keep only failed ones (for debugging), or a
     # daily schedule grows the project folder without end.
     shutil.rmtree(invocation.target_path, ignore_errors=True)
+
+
+def keep_partial_parse(invocation_target: Path, project_target: Path) -> None:
+    """Carry dbt's partial-parse state back to the project's target folder.
+
+    dagster-dbt copies `target/partial_parse.msgpack` into each invocation's own folder. dbt
+    discards it and parses the whole project (seconds) when the profile's connection differs
+    from the one it was saved with: another warehouse path than at install time, say. Keeping
+    the invocation's state means only the first run of a deployment pays that.
+    """
+    fresh = invocation_target / PARTIAL_PARSE_FILE
+    if not fresh.exists():
+        return
+    project_target.mkdir(parents=True, exist_ok=True)
+    tmp = project_target / f".{PARTIAL_PARSE_FILE}.{os.getpid()}"
+    shutil.copyfile(fresh, tmp)
+    # Atomic: a build starting meanwhile copies the old state or the new, never half of one.
+    os.replace(tmp, project_target / PARTIAL_PARSE_FILE)
 
 
 @contextmanager
