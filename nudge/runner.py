@@ -133,8 +133,14 @@ def day_partition(end: datetime) -> str:
     return (end - timedelta(microseconds=1)).date().isoformat()
 
 
-def _catch_up_ingest(settings: Settings, instance: dg.DagsterInstance) -> list[JobOutcome]:
-    """One ingest run over the dt= folders holding files not yet ingested (any dt)."""
+def _catch_up_ingest(
+    settings: Settings, instance: dg.DagsterInstance, day: str
+) -> list[JobOutcome]:
+    """One ingest run over the dt= folders holding files not yet ingested (any dt).
+
+    None when only `day` has new files: the evaluation run of `day` ingests its own dt= folder
+    (one Dagster run fewer on a daily schedule's usual day).
+    """
     from nudge.ingest import pending_event_dts
     from nudge.warehouse import connect
     from orchestration.defs.runtime.partitions import days
@@ -147,7 +153,7 @@ def _catch_up_ingest(settings: Settings, instance: dg.DagsterInstance) -> list[J
     if outside:
         log.warning("dt folders outside the day partitions are not ingested: %s", outside)
     keys = [k for k in keys if k in valid]
-    if not keys:
+    if not keys or keys == [day]:
         return []
     tags = {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
     return [execute("nudge_ingest", instance, tags)]
@@ -157,14 +163,14 @@ def run_evaluation(
     end: datetime, instance: dg.DagsterInstance, settings: Settings, *, send: bool = True
 ) -> list[JobOutcome]:
     """One evaluation at `end`: ingest every pending dump file, build, evaluate, then send."""
-    outcomes = _catch_up_ingest(settings, instance)
+    day = day_partition(end)
+    outcomes = _catch_up_ingest(settings, instance, day)
     if not all(o.success for o in outcomes):
         return outcomes
-    tags = {
-        AS_OF_TAG: to_iso(end),
-        INGEST_RUNS_TAG: ",".join(o.run_id for o in outcomes),
-    }
-    outcomes.append(execute("nudge_evaluate", instance, tags, partition_key=day_partition(end)))
+    tags = {AS_OF_TAG: to_iso(end)}
+    if outcomes:
+        tags[INGEST_RUNS_TAG] = ",".join(o.run_id for o in outcomes)
+    outcomes.append(execute("nudge_evaluate", instance, tags, partition_key=day))
     if send and outcomes[-1].success:
         send_tags = {AS_OF_TAG: to_iso(end), "nudge/evaluation_run": outcomes[-1].run_id}
         outcomes.append(execute("nudge_send", instance, send_tags))
