@@ -42,6 +42,7 @@ def generate(args: dict[str, Any]) -> dict[str, Any]:
         events_per_day=args["events_per_day"],
         seed=args.get("seed", 7),
         start=date.fromisoformat(args["start"]),
+        gzip_all=bool(args.get("gzip")),
     )
     return {"events": report.events, "lines": report.event_lines, "seconds": report.seconds}
 

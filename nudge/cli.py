@@ -120,6 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             events_per_day=args.events_per_day,
             seed=args.seed,
             overwrite=args.overwrite,
+            gzip_all=args.gzip,
         )
     except (FileExistsError, ValueError) as exc:
         raise UserError(str(exc)) from None
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--events-per-day", type=int, default=4000)
     sp.add_argument("--seed", type=int, default=7)
     sp.add_argument("--overwrite", action="store_true", help="replace dumps already in --out")
+    sp.add_argument("--gzip", action="store_true", help="gzip every JSON-lines dump file")
 
     sp = add(
         "diff-cohort",

@@ -101,6 +101,7 @@ def generate(
     today: date | None = None,
     inject_bad_lines: bool = False,
     overwrite: bool = False,
+    gzip_all: bool = False,
 ) -> GenerateReport:
     """Write a landing folder under out_dir and say what is in it.
 
@@ -115,7 +116,7 @@ def generate(
 
     population = build_population(users=users, days=days, seed=seed, start=start)
     plan = build_plan(population, events_per_day, seed)
-    files = event_files(out_dir, start, days, files_per_day)
+    files = event_files(out_dir, start, days, files_per_day, gzip_all=gzip_all)
 
     with tempfile.TemporaryDirectory(prefix="nudge-generate-") as spill:
         con = duckdb.connect(config={"temp_directory": spill})

@@ -167,6 +167,23 @@ def test_same_seed_writes_the_same_bytes(
     assert day_file.read_bytes() != (root / day_file.relative_to(other.out_dir)).read_bytes()
 
 
+def test_gzip_all_writes_the_same_lines_compressed(
+    landing: tuple[Path, GenerateReport], tmp_path: Path
+) -> None:
+    root, _ = landing
+    packed = generate(tmp_path / "packed", **SMALL, gzip_all=True).out_dir
+
+    def lines(folder: Path) -> dict[str, bytes]:
+        out = {}
+        for p in folder.glob("events/*/*"):
+            data = p.read_bytes()
+            out[p.name.removesuffix(".gz")] = gzip.decompress(data) if p.suffix == ".gz" else data
+        return out
+
+    assert not list(packed.glob("events/*/*.jsonl"))  # every JSON-lines file is gzipped
+    assert lines(packed) == lines(root)
+
+
 def test_layout_follows_the_contract(landing: tuple[Path, GenerateReport]) -> None:
     root, report = landing
     assert report.end == date(2026, 2, 28)  # yesterday, relative to `today`
