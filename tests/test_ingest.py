@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nudge.ingest import IngestReport, run_ingest
+from nudge.ingest import landing as ingest_landing
 from nudge.ingest import loading as ingest_loading
 from nudge.settings import load_settings
 from nudge.warehouse import Warehouse, connect
@@ -275,16 +276,22 @@ def test_a_line_longer_than_duckdbs_default_object_size_loads(wh: Warehouse, lan
     assert got[1][2] > 17 * 1024 * 1024
 
 
-def test_a_file_that_vanishes_is_recorded_and_retried(wh: Warehouse, landing: Path) -> None:
+def test_a_file_that_vanishes_is_recorded_and_retried(
+    wh: Warehouse, landing: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_events(day(landing) / "a.jsonl", [event("a")])
     b = write_events(day(landing) / "b.jsonl", [event("b")])
     backup = b.read_bytes()
+    real_sniff = ingest_landing.sniff
 
-    def delete_b(msg: str) -> None:
-        if "a.jsonl" in msg:
+    def delete_b(path: Path) -> ingest_landing.FileShape:
+        if path.name == "a.jsonl":  # b goes once a is being read (and before b is)
             b.unlink()
+        return real_sniff(path)
 
-    report = run_ingest(wh, landing, progress=delete_b)
+    monkeypatch.setattr(ingest_landing, "sniff", delete_b)
+    report = run_ingest(wh, landing)
+    monkeypatch.undo()
 
     assert [r.status for r in report.files] == ["loaded", "vanished"]
     b.write_bytes(backup)

@@ -107,13 +107,15 @@ def _duckdb_type(spec: Any) -> str:
     return "STRUCT(" + ", ".join(f'"{k}" {_duckdb_type(v)}' for k, v in spec.items()) + ")"
 
 
-def read_json_source(structure: dict[str, Any], shape: FileShape) -> str:
-    """A `read_json` call (path as the first `?`) yielding one column `j` of the structure."""
+def read_json_source(structure: dict[str, Any], shape: FileShape, *, filename: bool = False) -> str:
+    """A `read_json` call (path, or list of paths, as the first `?`) yielding one column `j` of
+    the structure; with `filename`, also the `filename` each row comes from."""
     fmt = "array" if shape.is_array else "newline_delimited"
     column = _duckdb_type(structure).replace("'", "''")
-    return f"""(select json as j, null::varchar as line from read_json(?, format = '{fmt}',
+    name, option = ("filename, ", ", filename = true") if filename else ("", "")
+    return f"""(select {name}json as j, null::varchar as line from read_json(?, format = '{fmt}',
         records = false, columns = {{'json': '{column}'}},
-        compression = '{"gzip" if shape.gzip else "none"}'))"""
+        compression = '{"gzip" if shape.gzip else "none"}'{option}))"""
 
 
 def stage_fast(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from nudge.ingest.batch import BATCH, BatchFile
 from nudge.ingest.landing import LandingFile
 from nudge.ingest.report import FileResult, Kind
 from nudge.ingest.schema import DDL
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 GOOD = "_nudge_good"  # the file's good rows, deduplicated within the file
 REJ = "_nudge_rej"  # the file's rejected lines
 _SEEN = "_nudge_seen"  # DuckDB: rowid and key of stored events the file holds again
+_BFILES = "_nudge_batch_files"  # the batch files being loaded: order, path, dt, first rowid
+_BGOOD = "_nudge_batch_good"  # view: their staged rows with order, path, dt and line number
+_BDUPS = "_nudge_batch_dups"  # their rows whose key is stored or comes more than once
 
 # Event columns whose difference makes a duplicate transaction_id a conflict.
 _CONFLICT_COLUMNS = ("request_time", "user_id", "company_id", "verb", "uri", "status")
@@ -121,7 +125,9 @@ class Loader:
         if self._tmp is not None:
             self._tmp.cleanup()
         if self.wh.kind == "duckdb":
-            self.wh.execute(f"drop table if exists {_SEEN}")
+            self.wh.execute(f"drop view if exists {_BGOOD}")
+            for table in (_SEEN, _BFILES, _BDUPS):
+                self.wh.execute(f"drop table if exists {table}")
 
     # -- one file ---------------------------------------------------------------------------
     def load(
@@ -171,6 +177,150 @@ class Loader:
             )
             self._record_file(result, ident, run_id, now)
         return result
+
+    # -- many files (DuckDB) ------------------------------------------------------------------
+    # File by file, a key's first copy wins: the stored one, else the first in file order then
+    # line order. A file's duplicates are its rows that lose; its conflicts are its copies that
+    # differ from the one kept: within the file (one per extra version of a key) and, for its
+    # first copy of a key, from the copy kept before it. Batch loads decide this on the few rows
+    # whose key is stored or comes more than once (_BDUPS), with the same counts.
+    def load_batch(
+        self,
+        files: list[tuple[BatchFile, FileIdentity]],
+        run_id: str,
+        now: datetime,
+    ) -> list[FileResult]:
+        """Load verified files staged in BATCH (in discovery order) in one transaction."""
+        wh = self.wh
+        cols = ", ".join(COLUMNS["events"])
+        self._batch_files(files)
+        wh.execute(
+            f"create or replace temp view {_BGOOD} as select b.rowid as rid, f.idx, f.rel, f.dt, "
+            f"b.rowid - f.first_rowid + 1 as line_no, "
+            f"{', '.join(f'b.{c}' for c in COLUMNS['events'])} "
+            f"from {BATCH} b join {_BFILES} f on b.filename = f.filename"
+        )
+        results = self._batch_results(files)
+        with wh.transaction():
+            wh.execute(
+                f"create or replace temp table {_SEEN} as select e.rowid as rid, e.event_key "
+                f"from raw.events e semi join {_BGOOD} g on e.event_key = g.event_key"
+            )
+            self._batch_duplicates(
+                _BGOOD,
+                f"select event_key from {_BGOOD} group by event_key having count(*) > 1",
+                results,
+            )
+            sql = (
+                f"insert into raw.events ({cols}, dt, source_file, source_line, ingested_at) "
+                f"select {cols}, dt, rel, line_no, cast(? as timestamp) from {_BGOOD}"
+            )
+            if any(r.duplicates for r in results):
+                sql += f" where rid not in (select rid from {_BDUPS} where stored or in_batch > 1)"
+            self._check_loaded(self._insert(sql, [now]), results)
+            self._record_files(results, [ident for _, ident in files], run_id, now)
+        return results
+
+    def _batch_files(self, files: list[tuple[BatchFile, FileIdentity]]) -> None:
+        """_BFILES: the batch's files in discovery order (idx), with their first rowid."""
+        self.wh.execute(
+            f"create or replace temp table {_BFILES} as select unnest(?::varchar[]) as filename, "
+            "unnest(?::integer[]) as idx, unnest(?::varchar[]) as rel, unnest(?::date[]) as dt, "
+            "unnest(?::bigint[]) as first_rowid",
+            [
+                [str(b.lf.path) for b, _ in files],
+                list(range(len(files))),
+                [b.lf.rel for b, _ in files],
+                [b.lf.dt for b, _ in files],
+                [b.rows.first_rowid for b, _ in files],
+            ],
+        )
+
+    @staticmethod
+    def _batch_results(files: list[tuple[BatchFile, FileIdentity]]) -> list[FileResult]:
+        return [
+            FileResult(
+                kind="events", path=b.lf.rel, status="loaded", dt=b.lf.dt, lines_read=b.rows.rows
+            )
+            for b, _ in files
+        ]
+
+    def _batch_duplicates(self, rows: str, repeated: str, results: list[FileResult]) -> None:
+        """_BDUPS from `rows` (rid, idx, line_no, event_key and the conflict columns of the
+        batch's rows) whose key is in _SEEN or `repeated` (keys coming more than once in the
+        batch); sets each file's duplicates, conflicts and loaded."""
+        wh = self.wh
+        content = ", ".join(_CONFLICT_COLUMNS)
+        wh.execute(
+            f"""create or replace temp table {_BDUPS} as
+            select rid, idx, line_no, event_key, {content},
+                event_key in (select event_key from {_SEEN}) as stored,
+                row_number() over (partition by idx, event_key order by line_no) as in_file,
+                row_number() over (partition by event_key order by idx, line_no) as in_batch
+            from {rows}
+            where event_key in ({repeated} union all select event_key from {_SEEN})"""
+        )
+        differs = " or ".join(f"d.{c} is distinct from k.{c}" for c in _CONFLICT_COLUMNS)
+        for idx, losers, conflicts in wh.fetchall(
+            f"""with kept as (
+                select event_key, {content} from raw.events
+                where rowid in (select rid from {_SEEN})
+                union all
+                select event_key, {content} from {_BDUPS} where in_batch = 1 and not stored
+            )
+            select d.idx, count(*) filter (where d.stored or d.in_batch > 1),
+                count(*) filter (where d.in_file = 1 and (d.stored or d.in_batch > 1)
+                                 and ({differs}))
+            from {_BDUPS} d join kept k on d.event_key = k.event_key group by d.idx"""
+        ):
+            results[idx].duplicates = int(losers)
+            results[idx].conflicts = int(conflicts)
+        for idx, extra in wh.fetchall(
+            f"""select idx, sum(versions - 1) from (
+                select idx, count(distinct ({content})) as versions from {_BDUPS}
+                group by idx, event_key having count(*) > 1)
+            group by idx"""
+        ):
+            results[idx].conflicts += int(extra)
+        for r in results:
+            r.loaded = r.lines_read - r.duplicates
+
+    @staticmethod
+    def _check_loaded(inserted: int, results: list[FileResult]) -> None:
+        expected = sum(r.loaded for r in results)
+        if inserted != expected:  # a bug, never data: the transaction is rolled back
+            raise RuntimeError(f"batch load kept {inserted} events, expected {expected}")
+
+    def _record_files(
+        self,
+        results: list[FileResult],
+        idents: list[FileIdentity],
+        run_id: str,
+        now: datetime,
+    ) -> None:
+        """raw.ingested_files rows for many files, in one statement."""
+        self.wh.execute(
+            "insert into raw.ingested_files (kind, path, dt, size_bytes, mtime, content_hash, "
+            "lines_read, loaded, duplicates, rejected, run_id, ingested_at) "
+            "select unnest(?::varchar[]), unnest(?::varchar[]), unnest(?::date[]), "
+            "unnest(?::bigint[]), unnest(?::double[]), unnest(?::varchar[]), "
+            "unnest(?::bigint[]), unnest(?::bigint[]), unnest(?::bigint[]), unnest(?::bigint[]), "
+            "?, cast(? as timestamp)",
+            [
+                [r.kind for r in results],
+                [r.path for r in results],
+                [r.dt for r in results],
+                [i.size for i in idents],
+                [i.mtime for i in idents],
+                [i.content_hash for i in idents],
+                [r.lines_read for r in results],
+                [r.loaded for r in results],
+                [r.duplicates for r in results],
+                [r.rejected for r in results],
+                run_id,
+                now,
+            ],
+        )
 
     def record_unreadable(
         self, lf: LandingFile, ident: FileIdentity, reason: str, run_id: str, now: datetime

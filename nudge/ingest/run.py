@@ -7,13 +7,15 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
 
-from nudge.ingest import landing
-from nudge.ingest.fastpath import Prefetch
+from nudge.ingest import batch, landing
+from nudge.ingest.batch import BatchFile
+from nudge.ingest.fastpath import Prefetch, Scanned
 from nudge.ingest.landing import LandingFile
 from nudge.ingest.loading import FileIdentity, Loader, ensure_schema, few_checkpoints
 from nudge.ingest.report import FileResult, FileStatus, IngestReport
@@ -42,12 +44,17 @@ def run_ingest(
     kinds: Collection[str] | None = None,
     dts: Collection[date] | None = None,
 ) -> IngestReport:
-    """Ingest each dump file not yet ingested in this version; one transaction per file.
+    """Ingest each dump file not yet ingested in this version; each file is recorded in the
+    transaction that loads its rows.
 
     A file is identified by (path, content hash). Unchanged size and mtime skip it without
     reading; a changed file is ingested again, its events deduplicated by event_key against
     everything already loaded (the first copy wins). `kinds` and `dts` narrow the files taken
     (a Dagster partition run ingests its own dt= folder only).
+
+    On a DuckDB warehouse, new event files are read in batches (`batch`): the clean ones load
+    together, in one transaction, with the result loading them one by one would give; the
+    others take the per-file path. On Postgres every file takes the per-file path.
     """
     landing_dir = Path(landing_dir)
     run_id = run_id or f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -63,15 +70,22 @@ def run_ingest(
         wh.execute("select pg_advisory_lock(?)", [_PG_LOCK_KEY])
     loader = Loader(wh, parser)
     prefetch = Prefetch(_to_read(files, known))
+
+    def emit(result: FileResult) -> None:
+        report.files.append(result)
+        msg = f"[{len(report.files)}/{len(files)}] {_describe(result)}"
+        log.info(msg)
+        if progress is not None:
+            progress(msg)
+
+    run = _Run(known, loader, parser, run_id, prefetch, emit)
     try:
         with few_checkpoints(wh):
-            for i, lf in enumerate(files, 1):
-                result = _ingest_file(lf, known, loader, parser, run_id, prefetch)
-                report.files.append(result)
-                msg = f"[{i}/{len(files)}] {_describe(result)}"
-                log.info(msg)
-                if progress is not None:
-                    progress(msg)
+            if wh.kind == "duckdb":
+                run.batched(files)
+            else:
+                for lf in files:
+                    emit(run.file(lf))
     finally:
         prefetch.close()
         loader.close()
@@ -80,72 +94,248 @@ def run_ingest(
             wh.commit()
             parser.close()
         else:
+            batch.drop(parser)
             restore(parser, prev)
     report.newest_dt = _newest_dt(wh)
     log.info(report.summary())
     return report
 
 
-def _ingest_file(
-    lf: LandingFile,
-    known: dict[str, list[tuple[int, float, str]]],
-    loader: Loader,
-    parser: duckdb.DuckDBPyConnection,
-    run_id: str,
-    prefetch: Prefetch,
-) -> FileResult:
-    vanished = FileResult(kind=lf.kind, path=lf.rel, status="vanished", dt=lf.dt)
-    try:
-        st = lf.path.stat()
-        versions = known.get(lf.rel, [])
-        if any(size == st.st_size and mtime == st.st_mtime for size, mtime, _ in versions):
-            return FileResult(kind=lf.kind, path=lf.rel, status="skipped", dt=lf.dt)
-        scanned = prefetch.get(lf.path)  # hashed ahead, while the previous file was parsed
+@dataclass
+class _Candidate:
+    """A file to read: new or changed by its size and mtime (`st`)."""
+
+    lf: LandingFile
+    st: os.stat_result
+    shape: landing.FileShape
+
+
+@dataclass
+class _Run:
+    known: dict[str, list[tuple[int, float, str]]]
+    loader: Loader
+    parser: duckdb.DuckDBPyConnection
+    run_id: str
+    prefetch: Prefetch
+    emit: Callable[[FileResult], None]
+    scans: dict[Path, Scanned] = field(default_factory=dict)  # see `_scan`
+
+    # -- file by file --------------------------------------------------------------------------
+    def file(self, lf: LandingFile) -> FileResult:
+        try:
+            st = lf.path.stat()
+            if self._unchanged(lf, st):
+                return FileResult(kind=lf.kind, path=lf.rel, status="skipped", dt=lf.dt)
+            scanned = self.prefetch.get(lf.path)  # hashed ahead, while the previous file was parsed
+        except FileNotFoundError:
+            return self._vanished(lf, "before it could be read")
+        return self._scanned(lf, st, scanned)
+
+    def _scanned(
+        self,
+        lf: LandingFile,
+        st: os.stat_result,
+        scanned: Scanned,
+        shape: landing.FileShape | None = None,
+    ) -> FileResult:
+        """The file after its hash; `shape` when it was sniffed already."""
+        settled = self._settle(lf, st, scanned)
+        if settled is not None:
+            return settled
+        try:
+            shape = shape or landing.sniff(lf.path)
+        except FileNotFoundError:
+            return self._vanished(lf, "before it could be read")
+        ident = FileIdentity(size=st.st_size, mtime=st.st_mtime, content_hash=scanned.content_hash)
+        now = datetime.now(UTC).replace(tzinfo=None)
+        try:
+            counts = _stage(lf, shape, self.parser, scanned.lines)
+        except FileVanished:
+            return self._vanished(lf, "while being read")
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            counts = None
+            reason = f"cannot read file: {_first_line(exc)}"
+        moved = self._moved(lf, st)
+        if moved is not None:
+            return moved
+        if counts is None:
+            # Nothing in the file is readable (a corrupt gzip header and the like).
+            log.warning("%s: %s", lf.rel, reason)
+            result = self.loader.record_unreadable(lf, ident, reason, self.run_id, now)
+        else:
+            result = self.loader.load(lf, counts, ident, self.run_id, now)
+        self._remember(lf, ident)
+        return result
+
+    # -- in batches (DuckDB) -------------------------------------------------------------------
+    def batched(self, files: list[LandingFile]) -> None:
+        """Every file in order, new event files read in batches; results emitted in order."""
+        pending: list[FileResult | _Candidate] = []
+        size = 0
+        for lf in files:
+            if not batch.batchable(lf):
+                self._flush(pending)
+                size = 0
+                self.emit(self.file(lf))
+                continue
+            item = self._plan(lf)
+            pending.append(item)
+            if isinstance(item, _Candidate):
+                size += batch.weight(item.st.st_size, item.shape)
+                if size >= batch.BATCH_BYTES or len(pending) >= batch.MAX_FILES:
+                    self._flush(pending)
+                    size = 0
+        self._flush(pending)
+
+    def _plan(self, lf: LandingFile) -> FileResult | _Candidate:
+        try:
+            st = lf.path.stat()
+            if self._unchanged(lf, st):
+                return FileResult(kind=lf.kind, path=lf.rel, status="skipped", dt=lf.dt)
+            return _Candidate(lf, st, landing.sniff(lf.path))
+        except FileNotFoundError:
+            return self._vanished(lf, "before it could be read")
+
+    def _flush(self, pending: list[FileResult | _Candidate]) -> None:
+        items = list(pending)
+        pending.clear()
+        if sum(isinstance(c, _Candidate) for c in items) < 2:  # nothing to share
+            for item in items:
+                self.emit(item if isinstance(item, FileResult) else self._one(item))
+            return
+        self._staged(items)
+
+    def _staged(self, items: list[FileResult | _Candidate]) -> None:
+        """The batch staged in a temp table; verified files load by runs (one transaction each)
+        between the ones that go file by file, so a key's first copy is the one file by file
+        loading keeps."""
+        todo = [c for c in items if isinstance(c, _Candidate)]
+        staged = batch.stage(self.parser, [(c.lf.path, c.shape) for c in todo])
+        # Decide every file first (only the hash skip writes, independently of the rest).
+        plan: list[FileResult | tuple[_Candidate, Scanned] | BatchFile] = []
+        idents: dict[str, FileIdentity] = {}
+        for item in items:
+            if isinstance(item, FileResult):
+                plan.append(item)
+                continue
+            lf, st = item.lf, item.st
+            try:
+                scanned = self._scan(lf.path)
+            except FileNotFoundError:
+                plan.append(self._vanished(lf, "before it could be read"))
+                continue
+            settled = self._settle(lf, st, scanned)
+            if settled is not None:
+                plan.append(settled)
+                continue
+            name = str(lf.path)
+            rows = staged.rows.get(name, batch.NO_ROWS)
+            if name in staged.failed or not batch.verified(rows, item.shape, scanned.lines, lf.dt):
+                plan.append((item, scanned))
+                continue
+            moved = self._moved(lf, st)
+            if moved is not None:
+                plan.append(moved)
+                continue
+            idents[lf.rel] = FileIdentity(st.st_size, st.st_mtime, scanned.content_hash)
+            plan.append(BatchFile(lf, rows))
+        run: list[BatchFile] = []
+        held: list[FileResult | BatchFile] = []  # in order since the run began
+
+        def load_run() -> None:
+            by_rel: dict[str, FileResult] = {}
+            if run:
+                now = datetime.now(UTC).replace(tzinfo=None)
+                loaded = self.loader.load_batch(
+                    [(b, idents[b.lf.rel]) for b in run], self.run_id, now
+                )
+                by_rel = {r.path: r for r in loaded}
+                for b in run:
+                    self._remember(b.lf, idents[b.lf.rel])
+            for h in held:
+                self.emit(by_rel[h.lf.rel] if isinstance(h, BatchFile) else h)
+            run.clear()
+            held.clear()
+
+        for step in plan:
+            if isinstance(step, tuple):
+                load_run()
+                c, scanned = step
+                self.emit(self._scanned(c.lf, c.st, scanned, c.shape))
+            else:
+                if isinstance(step, BatchFile):
+                    run.append(step)
+                held.append(step)
+        load_run()
+
+    def _one(self, c: _Candidate) -> FileResult:
+        """A planned file, taken file by file."""
+        try:
+            scanned = self._scan(c.lf.path)
+        except FileNotFoundError:
+            return self._vanished(c.lf, "before it could be read")
+        return self._scanned(c.lf, c.st, scanned, c.shape)
+
+    def _scan(self, path: Path) -> Scanned:
+        """The prefetched scan of a planned file (kept: the per-file path may need it again)."""
+        if path not in self.scans:
+            self.scans[path] = self.prefetch.get(path)
+        return self.scans[path]
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _unchanged(self, lf: LandingFile, st: os.stat_result) -> bool:
+        versions = self.known.get(lf.rel, [])
+        return any(size == st.st_size and mtime == st.st_mtime for size, mtime, _ in versions)
+
+    def _verdict(self, st: os.stat_result, scanned: Scanned, lf: LandingFile) -> str | None:
+        """`changing` when the hash was taken of another version; `same` when these bytes were
+        ingested before (under another mtime); None when the file is to be loaded."""
         if (scanned.size, scanned.mtime) != (st.st_size, st.st_mtime):
-            log.warning("%s changed while being read; it will be retried once stable", lf.rel)
-            return FileResult(kind=lf.kind, path=lf.rel, status="changing", dt=lf.dt)
-        digest = scanned.content_hash
-        if any(h == digest for _, _, h in versions):
-            # Same bytes, new mtime (copied, touched): remember the new stat to skip cheaply.
-            loader.wh.execute(
-                "update raw.ingested_files set size_bytes = ?, mtime = ? "
-                "where path = ? and content_hash = ?",
-                [st.st_size, st.st_mtime, lf.rel, digest],
-            )
-            loader.wh.commit()
-            known[lf.rel].append((st.st_size, st.st_mtime, digest))
+            return "changing"
+        if any(h == scanned.content_hash for _, _, h in self.known.get(lf.rel, [])):
+            return "same"
+        return None
+
+    def _settle(self, lf: LandingFile, st: os.stat_result, scanned: Scanned) -> FileResult | None:
+        """The file's result when it is not to be loaded (see `_verdict`), else None."""
+        verdict = self._verdict(st, scanned, lf)
+        if verdict == "changing":
+            return self._changing(lf, "it will be retried once stable")
+        if verdict == "same":
+            self._same_bytes(lf, st, scanned)
+            self.known[lf.rel].append((st.st_size, st.st_mtime, scanned.content_hash))
             return FileResult(kind=lf.kind, path=lf.rel, status="skipped", dt=lf.dt)
-        shape = landing.sniff(lf.path)
-    except FileNotFoundError:
-        log.warning("%s vanished before it could be read; it will be retried", lf.rel)
-        return vanished
-    ident = FileIdentity(size=st.st_size, mtime=st.st_mtime, content_hash=digest)
-    now = datetime.now(UTC).replace(tzinfo=None)
-    try:
-        counts = _stage(lf, shape, parser, scanned.lines)
-    except FileVanished:
-        log.warning("%s vanished while being read; it will be retried", lf.rel)
-        return vanished
-    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-        counts = None
-        reason = f"cannot read file: {_first_line(exc)}"
-    moved = _moved_since(lf, st)
-    if moved == "vanished":
-        log.warning("%s vanished while being read; it will be retried", lf.rel)
-        return vanished
-    if moved == "changing":
-        # Still being written (or replaced) while it was read: recording what was read would
-        # keep a half file (and a cut-off last line) as ingested. The next run takes it whole.
-        log.warning("%s changed while being read; it will be ingested once it is stable", lf.rel)
+        return None
+
+    def _same_bytes(self, lf: LandingFile, st: os.stat_result, scanned: Scanned) -> None:
+        """Same bytes, new mtime (copied, touched): remember the new stat to skip cheaply."""
+        self.loader.wh.execute(
+            "update raw.ingested_files set size_bytes = ?, mtime = ? "
+            "where path = ? and content_hash = ?",
+            [st.st_size, st.st_mtime, lf.rel, scanned.content_hash],
+        )
+        self.loader.wh.commit()
+
+    def _changing(self, lf: LandingFile, then: str) -> FileResult:
+        log.warning("%s changed while being read; %s", lf.rel, then)
         return FileResult(kind=lf.kind, path=lf.rel, status="changing", dt=lf.dt)
-    if counts is None:
-        # Nothing in the file is readable (a corrupt gzip header and the like).
-        log.warning("%s: %s", lf.rel, reason)
-        result = loader.record_unreadable(lf, ident, reason, run_id, now)
-    else:
-        result = loader.load(lf, counts, ident, run_id, now)
-    known.setdefault(lf.rel, []).append((ident.size, ident.mtime, ident.content_hash))
-    return result
+
+    def _moved(self, lf: LandingFile, st: os.stat_result) -> FileResult | None:
+        moved = _moved_since(lf, st)
+        if moved == "vanished":
+            return self._vanished(lf, "while being read")
+        if moved == "changing":
+            # Still being written (or replaced) while it was read: recording what was read would
+            # keep a half file (and a cut-off last line) as ingested. The next run takes it whole.
+            return self._changing(lf, "it will be ingested once it is stable")
+        return None
+
+    def _vanished(self, lf: LandingFile, when: str) -> FileResult:
+        log.warning("%s vanished %s; it will be retried", lf.rel, when)
+        return FileResult(kind=lf.kind, path=lf.rel, status="vanished", dt=lf.dt)
+
+    def _remember(self, lf: LandingFile, ident: FileIdentity) -> None:
+        self.known.setdefault(lf.rel, []).append((ident.size, ident.mtime, ident.content_hash))
 
 
 def pending_event_dts(wh: Warehouse, landing_dir: Path) -> list[date]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -232,17 +232,22 @@ def _read_lines(shape: FileShape, line_max: int) -> str:
     # new_line '\r\n' also ends lines at a bare '\n'; with '\n' a CRLF file gets extra rows.
 
 
-def _latest(dt: date | None) -> str:
-    """SQL for the first event time that cannot be genuine in the dump folder dt=D.
+def latest_event_time(dt: date) -> datetime:
+    """The first event time that cannot be genuine in the dump folder dt=D.
 
     A dump written on day D (UTC) holds events up to the end of D; a day more allows for skewed
     clocks. Later times (a client's wrong clock, a year typed wrong) would count toward windows
     that have not happened yet, so they are rejected: decided from the data, never from the wall
     clock, so a replay decides the same way.
     """
+    return datetime.combine(dt + timedelta(days=2), time())
+
+
+def _latest(dt: date | None) -> str:
+    """SQL for `latest_event_time` (no dt: no bound)."""
     if dt is None:
         return "timestamp 'infinity'"
-    return f"timestamp '{(dt + timedelta(days=2)).isoformat()}'"
+    return f"timestamp '{latest_event_time(dt).isoformat(sep=' ')}'"
 
 
 def stage_file(
@@ -434,7 +439,35 @@ def _counts(conn: duckdb.DuckDBPyConnection) -> StageCounts:
     return StageCounts(lines_read=int(row[0]), good=int(row[1]), rejected=int(row[2]))
 
 
-def _stage_sql(kind: Kind, source: str, bounds: _Bounds, *, guarded: bool) -> str:
+def many_files_sql(kind: Kind, source: str, table: str | None = None) -> str:
+    """The rows of many files at once, judged as the fast path judges one file's, plus the
+    `filename` column of `source` (a union of `read_json_source(..., filename=True)`): a query,
+    or with `table` the statement staging them into it.
+
+    Every file is judged as if its dt had no upper bound: the caller checks each file's latest
+    event time against its own dt (`latest_event_time`). Rows are unsure (`unsure_sql`) exactly
+    when the fast path would find them so; for events, exactly when event_key is null.
+    """
+    bounds = _Bounds(latest=_latest(None), dt="no dt")
+    return _stage_sql(kind, source, bounds, guarded=False, table=table, carry="filename")
+
+
+def unsure_sql(kind: Kind) -> str:
+    """Staged rows the fast path cannot vouch for (see `_UNSURE`)."""
+    return _UNSURE[kind]
+
+
+def _stage_sql(
+    kind: Kind,
+    source: str,
+    bounds: _Bounds,
+    *,
+    guarded: bool,
+    table: str | None = STAGE,
+    carry: str = "",
+) -> str:
+    """The statement staging `source` into `table` (None: the query alone)."""
+    keep = f"{carry}, " if carry else ""  # a source column passed through to the table
     structure = json.dumps(STRUCTURES[kind]).replace("'", "''")
     # A fastpath source yields `j` already parsed (and `line` null).
     parse = "j" if "read_json(" in source else f"json_transform(line, '{structure}')"
@@ -448,12 +481,11 @@ def _stage_sql(kind: Kind, source: str, bounds: _Bounds, *, guarded: bool) -> st
         .replace("$EARLIEST", EARLIEST_EVENT_TIME)
         .replace("$DT", bounds.dt)
     )
-    return f"""
-    create or replace temp table {STAGE} as
+    query = f"""
     with parsed as (
-        select line, {parse} as j from {source}
+        select {keep}line, {parse} as j from {source}
     ), typed as (
-        select line, j, {_TYPED[kind]} from parsed
+        select {keep}line, j, {_TYPED[kind]} from parsed
     ), judged as (
         select *, case
             when {good} then null
@@ -466,8 +498,9 @@ def _stage_sql(kind: Kind, source: str, bounds: _Bounds, *, guarded: bool) -> st
         from typed
     )
     select
-        reason,
+        {keep}reason,
         case when reason <> '' then left(line, {RAW_TEXT_MAX}) end as raw_text,
         {_SELECT[kind]}
     from judged
     """
+    return query if table is None else f"create or replace temp table {table} as {query}"
