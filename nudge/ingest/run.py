@@ -7,7 +7,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -118,7 +118,6 @@ class _Run:
     run_id: str
     prefetch: Prefetch
     emit: Callable[[FileResult], None]
-    scans: dict[Path, Scanned] = field(default_factory=dict)  # see `_scan`
 
     # -- file by file --------------------------------------------------------------------------
     def file(self, lf: LandingFile) -> FileResult:
@@ -220,7 +219,7 @@ class _Run:
                 continue
             lf, st = item.lf, item.st
             try:
-                scanned = self._scan(lf.path)
+                scanned = self.prefetch.get(lf.path)
             except FileNotFoundError:
                 plan.append(self._vanished(lf, "before it could be read"))
                 continue
@@ -271,37 +270,22 @@ class _Run:
     def _one(self, c: _Candidate) -> FileResult:
         """A planned file, taken file by file."""
         try:
-            scanned = self._scan(c.lf.path)
+            scanned = self.prefetch.get(c.lf.path)
         except FileNotFoundError:
             return self._vanished(c.lf, "before it could be read")
         return self._scanned(c.lf, c.st, scanned, c.shape)
-
-    def _scan(self, path: Path) -> Scanned:
-        """The prefetched scan of a planned file (kept: the per-file path may need it again)."""
-        if path not in self.scans:
-            self.scans[path] = self.prefetch.get(path)
-        return self.scans[path]
 
     # -- pieces --------------------------------------------------------------------------------
     def _unchanged(self, lf: LandingFile, st: os.stat_result) -> bool:
         versions = self.known.get(lf.rel, [])
         return any(size == st.st_size and mtime == st.st_mtime for size, mtime, _ in versions)
 
-    def _verdict(self, st: os.stat_result, scanned: Scanned, lf: LandingFile) -> str | None:
-        """`changing` when the hash was taken of another version; `same` when these bytes were
-        ingested before (under another mtime); None when the file is to be loaded."""
-        if (scanned.size, scanned.mtime) != (st.st_size, st.st_mtime):
-            return "changing"
-        if any(h == scanned.content_hash for _, _, h in self.known.get(lf.rel, [])):
-            return "same"
-        return None
-
     def _settle(self, lf: LandingFile, st: os.stat_result, scanned: Scanned) -> FileResult | None:
-        """The file's result when it is not to be loaded (see `_verdict`), else None."""
-        verdict = self._verdict(st, scanned, lf)
-        if verdict == "changing":
+        """`changing` when the hash was taken of another version; `skipped` when these bytes
+        were ingested before (under another mtime); None when the file is to be loaded."""
+        if (scanned.size, scanned.mtime) != (st.st_size, st.st_mtime):
             return self._changing(lf, "it will be retried once stable")
-        if verdict == "same":
+        if any(h == scanned.content_hash for _, _, h in self.known.get(lf.rel, [])):
             self._same_bytes(lf, st, scanned)
             self.known[lf.rel].append((st.st_size, st.st_mtime, scanned.content_hash))
             return FileResult(kind=lf.kind, path=lf.rel, status="skipped", dt=lf.dt)
