@@ -1,7 +1,7 @@
 """Nudge's benchmark: ingestion, a first evaluation, incremental days, each against its baseline.
 
     python benchmarks/run.py [--size 1m|10m|100m] [--postgres] [--memory-limit 2GB]
-                             [--workdir DIR] [--rounds N] [--keep]
+                             [--workdir DIR] [--rounds N] [--keep] [--gzip] [--first-only]
     make bench BENCH_ARGS="--size 10m"
 
 A size is the number of events in the history the first evaluation reads: 60 days of dumps
@@ -88,6 +88,7 @@ def step(name: str, **args: Any) -> Measured:
         raise SystemExit(f"benchmark step {name} failed:\n{m.error}")
     if "seconds" in m.out:
         m.seconds = float(m.out["seconds"])  # the work itself, without interpreter start
+    print(f"  {name}: {m.seconds:.1f} s, peak RSS {m.rss_mb:.0f} MB", flush=True)
     return m
 
 
@@ -117,6 +118,7 @@ class Deployment:
         m = measure(cmd, self.env())
         if not m.ok:
             raise SystemExit(f"nudge run --as-of {as_of} failed:\n{m.error}")
+        print(f"  nudge run --as-of {as_of} ({self.home.name}): {m.seconds:.1f} s", flush=True)
         return m
 
     def members(self) -> dict[str, list[str]]:
@@ -239,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gzip", action="store_true", help="gzip every dump file (a seventh of the disk)"
     )
+    ap.add_argument(
+        "--first-only",
+        action="store_true",
+        help="stop after the first evaluation (figures 1 and 2; for the 100M size)",
+    )
     args = ap.parse_args(argv)
 
     size = SIZES[args.size]
@@ -303,15 +310,16 @@ def run_benchmark(
     held_long = hold_back(long_landing, new_day, work / "long" / "later")
     short_start = new_day - timedelta(days=SHORT_DAYS)
     short_landing = work / "short" / "landing"
-    generate_landing(
-        short_landing,
-        days=SHORT_DAYS + 1,
-        start=short_start,
-        per_day=per_day,
-        users=users,
-        gzip=args.gzip,
-    )
-    held_short = hold_back(short_landing, new_day, work / "short" / "later")
+    if not args.first_only:
+        generate_landing(
+            short_landing,
+            days=SHORT_DAYS + 1,
+            start=short_start,
+            per_day=per_day,
+            users=users,
+            gzip=args.gzip,
+        )
+        held_short = hold_back(short_landing, new_day, work / "short" / "later")
 
     # 1. Ingestion vs bare read_json, alternating, best of N.
     bares, ingests = [], []
@@ -381,6 +389,9 @@ def run_benchmark(
             f"members identical: {same}",
         )
     )
+
+    if args.first_only:
+        return rows
 
     # 3. One incremental day after 60 and after 10 days of history.
     land(held_long, long_landing)
