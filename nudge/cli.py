@@ -49,9 +49,9 @@ def _prepare_pipeline(settings: Settings) -> None:
 
 
 def _instance():
-    import dagster as dg
+    from nudge.runner import open_instance
 
-    return dg.DagsterInstance.get()
+    return open_instance()
 
 
 def _campaign(name: str):

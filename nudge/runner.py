@@ -6,7 +6,9 @@ runs the daemon starts.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -48,6 +50,23 @@ def ensure_dagster_home(settings: Settings) -> Path:
     if not config.exists():
         shutil.copyfile(LOCAL_DAGSTER_YAML, config)
     return home
+
+
+def open_instance() -> dg.DagsterInstance:
+    """The Dagster instance at DAGSTER_HOME, its storage created by one process at a time.
+
+    Two Nudge processes starting together on a new DAGSTER_HOME would both create its SQLite
+    tables, and one would fail ("table runs already exists"): the first creates them under a file
+    lock, the other then finds them.
+    """
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".nudge-instance.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)  # run storage
+        instance.get_latest_materialization_event(dg.AssetKey("nudge-init"))  # event log index
+    return instance
 
 
 @cache
