@@ -476,8 +476,12 @@ def test_image_commands_serve_nudge_on_postgres(
     health_cmd = service("user_code")["healthcheck"]["test"][1:]  # drop "CMD"
     procs = Processes(tmp_path)
     try:
+        # As compose runs it: with its shutdown grace period (calls in flight at SIGTERM).
+        grace = service("user_code")["environment"]["DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD"]
         procs.start(
-            "user_code", local_argv(grpc_cmd, {**image_paths, "4000": str(grpc_port)}), child_env
+            "user_code",
+            local_argv(grpc_cmd, {**image_paths, "4000": str(grpc_port)}),
+            {**child_env, "DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD": grace},
         )
 
         def grpc_healthy() -> bool:
