@@ -6,7 +6,6 @@ runs the daemon starts.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -59,10 +58,9 @@ def open_instance() -> dg.DagsterInstance:
     tables, and one would fail ("table runs already exists"): the first creates them under a file
     lock, the other then finds them.
     """
-    home = Path(os.environ["DAGSTER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / ".nudge-instance.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    from nudge.warehouse import duckdb_file_lock  # the same cross-process file lock
+
+    with duckdb_file_lock(Path(os.environ["DAGSTER_HOME"]) / ".nudge-instance", timeout_s=600):
         instance = dg.DagsterInstance.get()
         instance.get_runs(limit=1)  # run storage
         instance.get_latest_materialization_event(dg.AssetKey("nudge-init"))  # event log index
