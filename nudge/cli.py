@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -269,7 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def keep_sigterm_effective() -> None:
+    """Let SIGTERM stop Nudge and the processes it starts, even in a script's background job.
+
+    A non-interactive shell starts `cmd &` with SIGINT ignored. Dagster points SIGTERM at
+    SIGINT's handler whenever it runs a job, so SIGTERM would be ignored too, by this process
+    and (ignored signals survive exec) by every process it starts: `timeout`, a supervisor or
+    `kill` could no longer stop a run. Python's own SIGINT handler avoids that.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_sigterm_effective()
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

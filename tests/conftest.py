@@ -13,6 +13,14 @@ import pytest
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # As `nudge` does: under `make test &` SIGINT starts ignored, and Dagster's in-process runs
+    # would then leave SIGTERM ignored in every server the tests start and stop.
+    from nudge.cli import keep_sigterm_effective
+
+    keep_sigterm_effective()
+
+
 def _postgres_up() -> bool:
     try:
         with socket.create_connection((PG_HOST, PG_PORT), timeout=1):

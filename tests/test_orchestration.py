@@ -225,3 +225,43 @@ def test_a_failed_run_is_recorded_where_nudge_status_shows_it(
     assert nudge(["status", "--json"]) == 0
     last = json.loads(capsys.readouterr().out)["last_failure"]
     assert last["run_id"] == outcome.run_id and last["job"] == "nudge_evaluate"
+
+
+CHILD_SIGNALS = """
+import subprocess, sys
+import dagster as dg
+from nudge.cli import main
+
+if sys.argv[1] == "nudge":
+    main(["generate", "--out", sys.argv[2], "--users", "1", "--days", "1"])
+
+@dg.asset
+def one() -> int:
+    return 1
+
+dg.materialize([one])  # what `nudge run` does: a Dagster job in this process
+status = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+print(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")))
+"""
+
+
+@pytest.mark.parametrize("entry", ["nudge", "bare dagster"])
+def test_a_background_run_leaves_its_children_stoppable_by_sigterm(
+    entry: str, tmp_path: Path
+) -> None:
+    """`nudge run &` in a script starts with SIGINT ignored; Dagster copies SIGINT's handler to
+    SIGTERM, and an ignored signal survives exec: without Nudge's guard, dbt and every other
+    child would ignore `kill` and `timeout`."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD_SIGNALS)
+    argv = [sys.executable, str(script), entry.split()[0], str(tmp_path / "landing")]
+    shell = subprocess.run(
+        ["sh", "-c", '"$@" & wait $!', "sh", *argv],  # a background job: SIGINT ignored
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    ignored = int(shell.stdout.split()[-1], 16)
+    sigterm_ignored = bool(ignored & (1 << (15 - 1)))
+    assert sigterm_ignored == (entry == "bare dagster"), shell.stdout
