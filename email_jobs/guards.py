@@ -179,8 +179,7 @@ def rejected_share_of_run(wh: Warehouse, run_id: str | Sequence[str]) -> float |
         return None
     marks = ", ".join("?" for _ in run_ids)
     row = wh.fetchone(
-        "select sum(rejected), sum(lines_read) from raw.ingested_files "
-        f"where run_id in ({marks})",
+        f"select sum(rejected), sum(lines_read) from raw.ingested_files where run_id in ({marks})",
         run_ids,
     )
     rejected, lines = row or (None, None)
