@@ -26,9 +26,9 @@ def _newest_source_mtime(project_dir: Path) -> float:
     for folder in _WATCHED:
         root = project_dir / folder
         if root.exists():
-            for f in root.rglob("*"):
-                if f.is_file():
-                    newest = max(newest, f.stat().st_mtime)
+            # Folders too: deleting or renaming a model changes only its folder's mtime.
+            for f in (root, *root.rglob("*")):
+                newest = max(newest, f.stat().st_mtime)
     return newest
 
 
