@@ -134,15 +134,20 @@ def _execute(
     partition_key: str | None,
     asset_selection: Sequence[dg.AssetKey] | None,
 ) -> dg.ExecuteInProcessResult:
-    return job.execute_in_process(
-        # The full event log is in the instance (and the UI); the terminal gets warnings only.
-        run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
-        instance=instance,
-        tags=tags,
-        partition_key=partition_key,
-        raise_on_error=False,
-        asset_selection=list(asset_selection) if asset_selection else None,
-    )
+    from orchestration.defs.runtime.dbt_in_process import dbt_in_this_process
+
+    # The steps run in this process, and so does dbt: that spares dbt's start (~2.5 s) on every
+    # evaluation after the first one of the process.
+    with dbt_in_this_process():
+        return job.execute_in_process(
+            # The full event log is in the instance (and the UI); the terminal gets warnings only.
+            run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
+            instance=instance,
+            tags=tags,
+            partition_key=partition_key,
+            raise_on_error=False,
+            asset_selection=list(asset_selection) if asset_selection else None,
+        )
 
 
 def day_partition(end: datetime) -> str:

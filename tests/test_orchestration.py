@@ -227,6 +227,40 @@ def test_a_failed_run_is_recorded_where_nudge_status_shows_it(
     assert last["run_id"] == outcome.run_id and last["job"] == "nudge_evaluate"
 
 
+def test_dbt_in_nudges_process_records_what_a_dbt_subprocess_records(
+    env: Path, dbt_manifest
+) -> None:
+    """`nudge` runs dbt in its own process; a run the daemon launches runs dbt as a subprocess.
+    The UI must show the same materializations and the same asset checks either way."""
+    from nudge.runner import definitions, execute
+    from orchestration.defs.transform.assets import nudge_dbt_models
+
+    land_until(env, date(2026, 3, 11))
+    instance = dg.DagsterInstance.get()
+    in_process = execute("nudge_evaluate", instance, {}, partition_key="2026-03-10")
+    job = definitions().resolve_job_def("nudge_evaluate")
+    subprocess_run = job.execute_in_process(
+        instance=instance, partition_key="2026-03-11", raise_on_error=False
+    )
+    assert in_process.success and subprocess_run.success
+
+    def recorded(run_id: str) -> tuple[set[str], set[tuple[str, str, bool]]]:
+        materialized, checks = set(), set()
+        for record in instance.all_logs(run_id):
+            event = record.dagster_event
+            if event and event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                materialized.add(event.asset_key.to_user_string())
+            if event and event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+                data = event.event_specific_data
+                checks.add((data.asset_key.to_user_string(), data.check_name, data.passed))
+        return materialized, checks
+
+    materialized, checks = recorded(in_process.run_id)
+    assert {k.to_user_string() for k in nudge_dbt_models.keys} <= materialized
+    assert checks and all(passed for _, _, passed in checks)
+    assert (materialized, checks) == recorded(subprocess_run.run_id)
+
+
 CHILD_SIGNALS = """
 import subprocess, sys
 import dagster as dg
