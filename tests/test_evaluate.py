@@ -434,7 +434,11 @@ def test_status_reports_the_latest_evaluation_ledger_and_ingest(wh):
         "rejected": 3,
     }
     assert status["ingest"]["by_kind"]["users"] == {
-        "files": 1, "lines_read": 5, "loaded": 4, "duplicates": 0, "rejected": 1
+        "files": 1,
+        "lines_read": 5,
+        "loaded": 4,
+        "duplicates": 0,
+        "rejected": 1,
     }
     (campaign,) = status["campaigns"]
     assert (campaign["members"], campaign["last_evaluation"]) == (3, "2026-01-03T00:00:00Z")
