@@ -136,7 +136,7 @@ def _execute(
 ) -> dg.ExecuteInProcessResult:
     from orchestration.defs.runtime.dbt_in_process import dbt_in_this_process
 
-    # The steps run in this process, and so does dbt: that spares dbt's start (~2.5 s) on every
+    # The steps run in this process, and so does dbt: that spares dbt's start (~2 s) on every
     # evaluation after the first one of the process.
     with dbt_in_this_process():
         return job.execute_in_process(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, date, datetime
@@ -297,5 +298,5 @@ def test_a_background_run_leaves_its_children_stoppable_by_sigterm(
         check=True,
     )
     ignored = int(shell.stdout.split()[-1], 16)
-    sigterm_ignored = bool(ignored & (1 << (15 - 1)))
+    sigterm_ignored = bool(ignored & (1 << (signal.SIGTERM - 1)))  # bit n-1: signal n
     assert sigterm_ignored == (entry == "bare dagster"), shell.stdout

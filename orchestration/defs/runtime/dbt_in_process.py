@@ -69,11 +69,9 @@ class DbtThread:
         self.stdout = os.fdopen(read_end, "rb")
         self._lines = os.fdopen(write_end, "wb")
         changed = _environment_changes(env, Path(cwd))
-        argv = [*self.args[1:], "--quiet"]  # dbt's own console output: the events carry it
-        if "DBT_PROFILES_DIR" not in env:
-            argv += ["--profiles-dir", str(cwd)]  # the CLI would find it in its working folder
-        if "DBT_PROJECT_DIR" not in env:
-            argv += ["--project-dir", str(cwd)]
+        # dagster-dbt names the project and profiles folders in `env`; dbt's own console output
+        # is left out: the events carry it.
+        argv = [*self.args[1:], "--quiet"]
         self._thread = threading.Thread(
             target=self._run, args=(argv, changed), name="nudge-dbt", daemon=True
         )
@@ -116,9 +114,6 @@ class DbtThread:
     def wait(self, timeout: float | None = None) -> int | None:
         self._thread.join(timeout)
         return self.returncode
-
-    def poll(self) -> int | None:
-        return None if self._thread.is_alive() else self.returncode
 
     def send_signal(self, sig: int) -> None:
         """A thread takes no signal: an interrupted run stops waiting for dbt (module docstring)."""
