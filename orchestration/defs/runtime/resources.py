@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 
@@ -26,13 +27,40 @@ class NudgeResource(dg.ConfigurableResource):
             yield wh
 
 
+def locked(value: Any, description: str) -> dg.ResourceDefinition:
+    """A resource whose value is fixed here: its config schema is empty, so run config naming
+    any field of it (from the UI, GraphQL or `execute_in_process`) fails validation.
+
+    A `ConfigurableResource` bound as is exposes its fields (dbt's `dbt_executable`,
+    `project_dir`, `global_config_flags`, ...) to whoever launches a run, which would let them
+    choose the program the code server runs. `hardcoded_resource` ignores config but accepts
+    any, so it would not refuse such a launch.
+    """
+    return dg.ResourceDefinition(
+        resource_fn=lambda _: value, config_schema={}, description=description
+    )
+
+
+@dg.io_manager(config_schema={}, description="Dagster's filesystem IO manager, not configurable")
+def locked_io_manager(context: dg.InitResourceContext) -> dg.IOManager:
+    # The default IO manager takes `base_dir` (a path it writes to) from run config.
+    return dg.FilesystemIOManager().create_io_manager(context)
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
         resources={
-            "nudge": NudgeResource(),
-            "dbt": NudgeDbtCliResource(
-                project_dir=nudge_dbt_project, dbt_executable=dbt_executable()
+            "nudge": locked(NudgeResource(), "Nudge's settings, from the environment only"),
+            "dbt": locked(
+                NudgeDbtCliResource(
+                    project_dir=nudge_dbt_project, dbt_executable=dbt_executable()
+                ),
+                "dbt's CLI on the project and executable baked into the code location",
             ),
-        }
+            "io_manager": locked_io_manager,
+        },
+        # The implicit job of ad-hoc materializations would otherwise run the multiprocess
+        # executor, whose run config names modules for its forkserver to import.
+        executor=dg.in_process_executor,
     )
