@@ -30,6 +30,7 @@ from email_jobs.addresses import normalize_address
 from email_jobs.campaigns import Campaign
 from email_jobs.guards import GuardInputs
 from email_jobs.ledger import NewEntry, State, ledger_key, payload_json, suppressed_emails
+from email_jobs.recipients import drop_suppressed, dropped_json, message_recipients
 from nudge.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -110,15 +111,18 @@ def due_step_entries(
         row = members[entity_id]
         email = row.get("email")
         address = normalize_address(email)
+        kept, dropped = drop_suppressed(message_recipients(campaign, row), suppressed)
         state, reason = State.PENDING, None
         if email is None or str(email).strip() == "":
             state, reason = State.SKIPPED, "no_email"
         elif address is None:
             state, reason = State.SKIPPED, "invalid_email"
-        elif address.lower() in suppressed:
+        elif not kept.to:  # a suppressed address is dropped; no To left: nothing to send
             state, reason = State.SKIPPED, "suppressed"
         elif guard_inputs.broken_export_reason:
             state, reason = State.HELD, "broken_export"
+        if kept.to:
+            address = kept.to[0]
         result.append(
             NewEntry(
                 ledger_key=ledger_key(campaign.name, entity_id, entry_as_of, step),
@@ -131,6 +135,8 @@ def due_step_entries(
                 reason=reason,
                 recipient=address or (str(email).strip() if email else None),
                 payload=payload_json(row),
+                suppressed_recipients=dropped_json(dropped) if reason in (None, "suppressed")
+                or state == State.HELD else None,
             )
         )
     if result:

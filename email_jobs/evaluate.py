@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -45,7 +46,7 @@ from email_jobs.membership import (
     read_cohort,
     record_membership,
 )
-from email_jobs.recipients import add_contacts
+from email_jobs.recipients import add_contacts, drop_suppressed, dropped_json, message_recipients
 from nudge.asof import to_iso
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
@@ -110,8 +111,19 @@ class EvaluationResult:
         }
 
 
-def skip_reason(email: Any, *, stale: bool, suppressed: set[str], in_cooldown: bool) -> str | None:
-    """Why an entry is recorded as skipped, checked in the contract's order; None: not skipped."""
+def skip_reason(
+    email: Any,
+    *,
+    stale: bool,
+    suppressed: set[str],
+    in_cooldown: bool,
+    to: Sequence[str] | None = None,
+) -> str | None:
+    """Why an entry is recorded as skipped, checked in the contract's order; None: not skipped.
+
+    `to`: every To address of the message (a company email's contacts; default `email` alone).
+    A suppressed address is dropped from the message; the entry is suppressed only when no To
+    address is left."""
     if stale:
         return "stale"
     if email is None or str(email).strip() == "":
@@ -119,7 +131,8 @@ def skip_reason(email: Any, *, stale: bool, suppressed: set[str], in_cooldown: b
     address = normalize_address(str(email))
     if address is None:
         return "invalid_email"
-    if address.lower() in suppressed or str(email).strip().lower() in suppressed:
+    addresses = [a.lower() for a in to] if to else [address.lower()]
+    if all(a in suppressed for a in addresses):
         return "suppressed"
     if in_cooldown:
         return "cooldown"
@@ -207,37 +220,47 @@ def evaluate_campaign(
         # One address on several profiles that enter together gets one email: the first
         # entity (by id) keeps it, the others are skipped(duplicate_address).
         addressed = addresses_at(wh, name, end, STEP)
-        decided: list[tuple[str, str, str | None]] = []  # (entity, state, reason)
+        # (entity, state, reason, first To address left, suppressed recipients as JSON)
+        decided: list[tuple[str, str, str | None, str | None, str | None]] = []
         for entity_id, key in zip(entered, entry_keys, strict=True):
             if key in existing:
                 continue  # decided by an earlier evaluation of this instant
             email = members[entity_id].get("email")
+            recipients = message_recipients(campaign, members[entity_id])
+            kept, dropped = drop_suppressed(recipients, suppressed)
             reason = skip_reason(
                 email,
                 stale=guard_inputs.stale_reason is not None,
                 suppressed=suppressed,
                 in_cooldown=entity_id in blockers,
+                to=recipients.to,
             )
-            address = (normalize_address(email) or "").lower()
+            first = kept.to[0] if kept.to else None
+            address = (first or normalize_address(email) or "").lower()
             if reason is None and address in addressed:
                 reason = "duplicate_address"
             elif reason is None:
                 addressed.add(address)
-            decided.append((entity_id, State.SKIPPED if reason else State.PENDING, reason))
+            drops = dropped_json(dropped) if reason in (None, "suppressed") else None
+            decided.append(
+                (entity_id, State.SKIPPED if reason else State.PENDING, reason, first, drops)
+            )
         # Entries of this instant that will (or did) go out, counting earlier evaluations of
         # the same instant, so that a re-evaluation decides like the first one.
-        sendable = sum(1 for _, s, _ in decided if s == State.PENDING) + sum(
+        sendable = sum(1 for _, s, *_ in decided if s == State.PENDING) + sum(
             1 for k in entry_keys if k in existing and existing[k][0] not in NO_COOLDOWN_STATES
         )
         held_reason, held_guards = _held_reason(
             campaign, guard_inputs, settings, sendable, len(entered), len(members)
         )
         guards.update(held_guards)
-        for entity_id, state, reason in decided:
+        for entity_id, state, reason, first, drops in decided:
             if state == State.PENDING and held_reason:
                 state, reason = State.HELD, held_reason
             row = members[entity_id]
             email = row.get("email")
+            # The recipient (frequency cap, shared-address rule) is the first To address the
+            # message still reaches: a company email's first contact may be suppressed.
             new_entries.append(
                 NewEntry(
                     ledger_key=ledger_key(name, entity_id, end, STEP),
@@ -248,8 +271,11 @@ def evaluate_campaign(
                     evaluation_id=eval_id,
                     state=state,
                     reason=reason,
-                    recipient=normalize_address(email) or (str(email).strip() if email else None),
+                    recipient=first
+                    or normalize_address(email)
+                    or (str(email).strip() if email else None),
                     payload=payload_json(row),
+                    suppressed_recipients=drops,
                 )
             )
     elif guard_inputs.broken_export_reason:

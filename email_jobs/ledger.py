@@ -7,7 +7,7 @@ key is `campaign|entity_id|entry instant (ISO)|step`, so evaluating the same ins
 the same keys and inserts nothing new. States:
 
     pending --claim--> claimed --> sent | failed | pending (retry later) | unknown
-    pending --> skipped (suppressed after the evaluation, found before the claim)
+    claimed --> skipped (every To address suppressed after the evaluation, found at the claim)
     held --release--> pending         unknown --release/resend--> pending
     skipped, sent, failed: final
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -57,7 +57,10 @@ NO_COOLDOWN_STATES = frozenset({State.SKIPPED, State.FAILED})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.CLAIMED, State.SKIPPED}),
-    State.CLAIMED: frozenset({State.SENT, State.FAILED, State.PENDING, State.UNKNOWN}),
+    # claimed -> skipped: every To address was suppressed by the time the row was claimed.
+    State.CLAIMED: frozenset(
+        {State.SENT, State.FAILED, State.PENDING, State.UNKNOWN, State.SKIPPED}
+    ),
     State.HELD: frozenset({State.PENDING}),
     State.UNKNOWN: frozenset({State.PENDING}),
     State.SENT: frozenset(),
@@ -188,7 +191,11 @@ DDL: tuple[str, ...] = (
     """,
     # Ledgers created before the frequency cap.
     "alter table nudge.send_ledger add column if not exists sent_as_of timestamp",
-    # Normalized, lower-cased addresses; source: `csv:suppressions/<file>` or `sendgrid:<list>`.
+    # Who a message was not sent to because they are suppressed: JSON [{"address", "role"}].
+    "alter table nudge.send_ledger add column if not exists suppressed_recipients text",
+    # Normalized, lower-cased addresses; source: `csv:suppressions/<file>`, `sendgrid:<list>`
+    # or `manual`. Append-only but for lifting (email_jobs.suppressions): a row is active while
+    # `lifted_at` is null; every reader uses active rows only.
     """
     create table if not exists nudge.suppressions (
         email       varchar not null,
@@ -196,6 +203,12 @@ DDL: tuple[str, ...] = (
         source      varchar
     )
     """,
+    "alter table nudge.suppressions add column if not exists first_seen_at timestamp",
+    "alter table nudge.suppressions add column if not exists source_time timestamp",
+    "alter table nudge.suppressions add column if not exists added_by varchar",
+    "alter table nudge.suppressions add column if not exists lifted_at timestamp",
+    "alter table nudge.suppressions add column if not exists lifted_by varchar",
+    "alter table nudge.suppressions add column if not exists lifted_reason text",
 )
 
 
@@ -252,6 +265,7 @@ class NewEntry:
     reason: str | None
     recipient: str | None
     payload: str
+    suppressed_recipients: str | None = None  # JSON [{"address", "role"}] dropped from it
 
 
 def insert_entries(wh: Warehouse, entries: Iterable[NewEntry], chunk: int = 200) -> int:
@@ -273,6 +287,7 @@ def insert_entries(wh: Warehouse, entries: Iterable[NewEntry], chunk: int = 200)
                 e.reason,
                 e.recipient,
                 e.payload,
+                e.suppressed_recipients,
                 0,
                 now,
                 now,
@@ -281,12 +296,13 @@ def insert_entries(wh: Warehouse, entries: Iterable[NewEntry], chunk: int = 200)
     inserted = 0
     for i in range(0, len(rows), chunk):
         part = rows[i : i + chunk]
-        values = ", ".join(f"({placeholders(13)})" for _ in part)
+        values = ", ".join(f"({placeholders(14)})" for _ in part)
         inserted += affected_rows(
             wh,
             f"""
             insert into nudge.send_ledger (ledger_key, campaign, entity_id, entry_as_of, step,
-                evaluation_id, state, reason, recipient, payload, attempts, created_at, updated_at)
+                evaluation_id, state, reason, recipient, payload, suppressed_recipients, attempts,
+                created_at, updated_at)
             values {values}
             on conflict (ledger_key) do nothing
             """,
@@ -337,9 +353,41 @@ def addresses_at(wh: Warehouse, campaign: str, entry_as_of: datetime, step: int)
     return {r[0] for r in rows}
 
 
+ACTIVE_SUPPRESSION = "lifted_at is null"  # a lifted suppression no longer counts
+
+
 def suppressed_emails(wh: Warehouse) -> set[str]:
-    rows = wh.fetchall("select email from nudge.suppressions where email is not null")
+    rows = wh.fetchall(
+        f"select email from nudge.suppressions where email is not null and {ACTIVE_SUPPRESSION}"
+    )
     return {r[0].strip().lower() for r in rows}
+
+
+def active_suppressions(wh: Warehouse, addresses: Iterable[str], chunk: int = 500) -> set[str]:
+    """The given lower-cased addresses that are suppressed now (one query per chunk)."""
+    wanted = sorted(set(addresses))
+    found: set[str] = set()
+    for i in range(0, len(wanted), chunk):
+        part = wanted[i : i + chunk]
+        rows = wh.fetchall(
+            f"select distinct email from nudge.suppressions where {ACTIVE_SUPPRESSION} "
+            f"and email in ({placeholders(len(part))})",
+            part,
+        )
+        found |= {r[0] for r in rows}
+    return found
+
+
+def rows_with_drops(wh: Warehouse, keys: Sequence[str]) -> set[str]:
+    """The given ledger rows that record suppressed recipients."""
+    if not keys:
+        return set()
+    rows = wh.fetchall(
+        f"select ledger_key from nudge.send_ledger where ledger_key in "
+        f"({placeholders(len(keys))}) and suppressed_recipients is not null",
+        list(keys),
+    )
+    return {r[0] for r in rows}
 
 
 # -- the send side ---------------------------------------------------------------------------
@@ -603,22 +651,30 @@ def _record_rows(wh: Warehouse, run_id: str, results: Sequence[Recorded]) -> Non
         )
 
 
-def skip_suppressed(wh: Warehouse, campaign: str) -> int:
-    """pending -> skipped(suppressed) for recipients suppressed since their evaluation (an
-    unsubscribe while the row waited for a retry or the frequency cap). Returns how many."""
-    check_transition(State.PENDING, State.SKIPPED)
+def record_suppressed_at_claim(
+    wh: Warehouse, run_id: str, drops: dict[str, str | None], skip: Collection[str]
+) -> int:
+    """At the claim, what the suppression list took from this run's claimed rows: each row's
+    `suppressed_recipients` (JSON, None for none), and claimed -> skipped(suppressed) for the
+    rows in `skip` (no To address left). Only rows still claimed by this run. Returns how many
+    were skipped."""
+    check_transition(State.CLAIMED, State.SKIPPED)
+    skipped = 0
     with wh.transaction():
-        if wh.kind == "postgres":  # not under a concurrent claim's feet
-            wh.execute("select pg_advisory_xact_lock(?)", [_CLAIM_LOCK_ID])
-        return affected_rows(
-            wh,
-            """
-            update nudge.send_ledger set state = 'skipped', reason = 'suppressed', updated_at = ?
-            where campaign = ? and state = 'pending'
-              and lower(recipient) in (select email from nudge.suppressions)
-            """,
-            [utcnow(), campaign],
-        )
+        for key, dropped in drops.items():
+            skip_it = key in skip
+            skipped += int(skip_it) * affected_rows(
+                wh,
+                """
+                update nudge.send_ledger set suppressed_recipients = ?,
+                    state = case when ? then 'skipped' else state end,
+                    reason = case when ? then 'suppressed' else reason end,
+                    sent_as_of = case when ? then null else sent_as_of end, updated_at = ?
+                where ledger_key = ? and state = 'claimed' and claimed_by = ?
+                """,
+                [dropped, skip_it, skip_it, skip_it, utcnow(), key, run_id],
+            )
+    return skipped
 
 
 def release_rows(wh: Warehouse, campaign: str, include_unknown: bool = False) -> int:

@@ -5,15 +5,31 @@ with a valid address (dim_users), so the people who share an account see each ot
 and a reply-all reaches them all. The contacts are looked up at the evaluation that finds the
 entry (and at each due drip step) and stored in the ledger payload, so a retry or a release sends
 to the same people.
+
+Also every address a message reaches, by role (To, CC, BCC), and the suppression list's cut of
+them (contract "Suppression"): a suppressed address is dropped from the message in whatever role,
+the drop is recorded on the ledger row (`suppressed_recipients`), and the entry is
+`skipped(suppressed)` only when no To address is left. Checked at evaluation, and again on the
+rows a send run has just claimed (`screen_claimed`), whatever brought them there: a first send,
+a retry, a release or a drip step.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from email_jobs.addresses import normalize_address
+from email_jobs.addresses import normalize_address, split_addresses
 from email_jobs.campaigns import Campaign
+from email_jobs.ledger import (
+    ClaimedRow,
+    active_suppressions,
+    record_suppressed_at_claim,
+    rows_with_drops,
+)
 from nudge.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -75,3 +91,138 @@ def add_contacts(
             "email": people[0]["email"] if people else None,
         }
     return result
+
+
+# -- every address a message reaches, and the suppression list's cut ---------------------------
+
+Role = Literal["to", "cc", "bcc"]
+
+
+@dataclass(frozen=True)
+class Recipients:
+    """A message's valid addresses by role; each address once (To first, then CC, then BCC)."""
+
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+
+    def by_role(self) -> list[tuple[str, Role]]:
+        return [
+            *((a, "to") for a in self.to),
+            *((a, "cc") for a in self.cc),
+            *((a, "bcc") for a in self.bcc),
+        ]
+
+
+def _to_addresses(campaign: Campaign, row: Mapping[str, Any]) -> list[str]:
+    """The row's `email`; for `recipients: users`, every contact's address (one email to all)."""
+    contacts = row.get("contacts") if campaign.recipients == "users" else None
+    if isinstance(contacts, list) and contacts:
+        return [c.get("email") for c in contacts if isinstance(c, dict)]
+    return [row.get("email")]
+
+
+def _copied(campaign: Campaign, row: Mapping[str, Any], role: Role) -> list[Any]:
+    fixed = campaign.cc if role == "cc" else campaign.bcc
+    columns = (role, *(campaign.cc_columns if role == "cc" else campaign.bcc_columns))
+    return [*fixed, *(a for c in dict.fromkeys(columns) for a in split_addresses(row.get(c)))]
+
+
+def message_recipients(
+    campaign: Campaign, row: Mapping[str, Any], *, warn_invalid: bool = False
+) -> Recipients:
+    """Every valid address the message for this cohort row (or ledger payload) would reach.
+
+    An invalid CC or BCC is left out (it must not cost the member their email); with
+    `warn_invalid` that is logged. An address already in an earlier role is not repeated."""
+    seen: set[str] = set()
+    roles: dict[Role, list[str]] = {"to": [], "cc": [], "bcc": []}
+    entity_id = row.get("entity_id")
+    for role, raws in (
+        ("to", _to_addresses(campaign, row)),
+        ("cc", _copied(campaign, row, "cc")),
+        ("bcc", _copied(campaign, row, "bcc")),
+    ):
+        for raw in raws:
+            address = normalize_address(raw)
+            if address is None:
+                if warn_invalid and role != "to":
+                    log.warning(
+                        "campaign %s, entity %s: dropping invalid %s address %r",
+                        campaign.name,
+                        entity_id,
+                        role,
+                        raw,
+                    )
+                continue
+            if address.lower() not in seen:
+                seen.add(address.lower())
+                roles[role].append(address)
+    return Recipients(tuple(roles["to"]), tuple(roles["cc"]), tuple(roles["bcc"]))
+
+
+def drop_suppressed(
+    recipients: Recipients, suppressed: Collection[str]
+) -> tuple[Recipients, list[dict[str, str]]]:
+    """(the recipients without the suppressed addresses, [{"address", "role"}] dropped).
+    `suppressed` holds lower-cased addresses (email_jobs.suppressions.suppression_address)."""
+    dropped = [
+        {"address": a, "role": role} for a, role in recipients.by_role() if a.lower() in suppressed
+    ]
+    if not dropped:
+        return recipients, []
+
+    def keep(addresses: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(a for a in addresses if a.lower() not in suppressed)
+
+    return Recipients(keep(recipients.to), keep(recipients.cc), keep(recipients.bcc)), dropped
+
+
+def dropped_json(dropped: Sequence[dict[str, str]]) -> str | None:
+    """The ledger's `suppressed_recipients` value: None when nobody was dropped."""
+    return json.dumps(list(dropped), sort_keys=True) if dropped else None
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A claimed batch after the suppression list's cut at the claim."""
+
+    rows: list[ClaimedRow]  # to render and send
+    suppressed: dict[str, frozenset[str]]  # ledger_key -> addresses to leave out of its message
+    skipped: int = 0  # rows skipped(suppressed): no To address left
+
+
+def screen_claimed(
+    wh: Warehouse, campaign: Campaign, run_id: str, rows: Sequence[ClaimedRow]
+) -> Screened:
+    """Read the suppression list for every address the claimed rows would reach (now, not at
+    their evaluation: an unsubscribe while a row waited for a retry, a release or its drip step
+    counts), record each row's drops, skip the rows with no To address left, and say which
+    addresses each remaining message must leave out."""
+    per_row = {r.ledger_key: message_recipients(campaign, r.payload) for r in rows}
+    suppressed = active_suppressions(
+        wh, (a.lower() for rec in per_row.values() for a, _ in rec.by_role())
+    )
+    # Rows whose evaluation recorded drops: rewritten below, so the record names who was left
+    # out of the message that goes now (an address lifted since then is mailed).
+    recorded = rows_with_drops(wh, [r.ledger_key for r in rows])
+    drops: dict[str, str | None] = {}
+    skip: set[str] = set()
+    leave_out: dict[str, frozenset[str]] = {}
+    for row in rows:
+        kept, dropped = drop_suppressed(per_row[row.ledger_key], suppressed)
+        if dropped or row.ledger_key in recorded:
+            drops[row.ledger_key] = dropped_json(dropped)
+        if dropped and not kept.to:
+            skip.add(row.ledger_key)
+        elif dropped:
+            leave_out[row.ledger_key] = frozenset(d["address"].lower() for d in dropped)
+    skipped = record_suppressed_at_claim(wh, run_id, drops, skip) if drops else 0
+    if dropped_any := sum(1 for k in drops if drops[k]):
+        log.info(
+            "campaign %s: the suppression list changed %d claimed message(s); %d skipped",
+            campaign.name,
+            dropped_any,
+            skipped,
+        )
+    return Screened([r for r in rows if r.ledger_key not in skip], leave_out, skipped)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +31,7 @@ from email_jobs.backends.mime import clean_header_value
 from email_jobs.campaigns import Campaign
 from email_jobs.css_precompile import PRECOMPILED
 from email_jobs.message import OutgoingEmail
+from email_jobs.recipients import Recipients, drop_suppressed, message_recipients
 from nudge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -323,43 +324,22 @@ def _header_value(value: str) -> str:
     return one_line(value)
 
 
-def _recipients(
-    campaign: Campaign, row: Mapping[str, Any], column: str, exclude: set[str], entity_id: str
-) -> tuple[str, ...]:
-    fixed = campaign.cc if column == "cc" else campaign.bcc
-    columns = (column, *(campaign.cc_columns if column == "cc" else campaign.bcc_columns))
-    result: list[str] = []
-    for raw in [*fixed, *(a for c in dict.fromkeys(columns) for a in split_addresses(row.get(c)))]:
-        address = normalize_address(raw)
-        if address is None:
-            # A bad CC must not cost the member their email; say so and go on.
-            log.warning(
-                "campaign %s, entity %s: dropping invalid %s address %r",
-                campaign.name,
-                entity_id,
-                column,
-                raw,
-            )
-            continue
-        if address.lower() in exclude:
-            continue
-        exclude.add(address.lower())
-        result.append(address)
-    return tuple(result)
-
-
-def _to_addresses(campaign: Campaign, row: Mapping[str, Any]) -> tuple[str, ...]:
-    """The row's `email`; for `recipients: users`, every contact's address (one email to all)."""
-    contacts = row.get("contacts") if campaign.recipients == "users" else None
-    if isinstance(contacts, list) and contacts:
-        unique: dict[str, str] = {}  # one address once, whatever its case
-        for contact in contacts:
-            address = normalize_address(contact.get("email")) if isinstance(contact, dict) else None
-            if address:
-                unique.setdefault(address.lower(), address)
-        return tuple(unique.values())
-    to = normalize_address(row.get("email"))
-    return (to,) if to else ()
+def _as_sent(row: Mapping[str, Any], recipients: Recipients) -> Mapping[str, Any]:
+    """The row as its template sees it: `contacts` and the `cc` column name only the people this
+    message really reaches (a suppressed teammate or solutions engineer is not named)."""
+    to = {a.lower() for a in recipients.to}
+    cc = {a.lower() for a in recipients.cc}
+    shown = dict(row)
+    if isinstance(row.get("contacts"), list):
+        shown["contacts"] = [
+            c
+            for c in row["contacts"]
+            if isinstance(c, dict) and (normalize_address(c.get("email")) or "").lower() in to
+        ]
+    if row.get("cc") is not None:
+        copied = (normalize_address(part) for part in split_addresses(row.get("cc")))
+        shown["cc"] = ", ".join(a for a in copied if a and a.lower() in cc) or None
+    return shown
 
 
 def render_email(
@@ -369,23 +349,26 @@ def render_email(
     *,
     ledger_key: str = "",
     templates_dir: Path | None = None,
+    suppressed: Collection[str] = (),
 ) -> OutgoingEmail:
     """The complete message for one cohort row: recipients, headers, subject and both bodies.
 
-    Raises RenderError when the row has no valid `email` (callers skip such members first) or
-    the template cannot be rendered for it.
+    `suppressed` (lower-cased addresses, from the suppression list at the claim) are left out
+    of every role. Raises RenderError when no valid To address is left (callers skip such
+    members first) or the template cannot be rendered for it.
     """
     entity_id = str(row.get("entity_id"))
-    to = _to_addresses(campaign, row)
-    if not to:
+    recipients, _ = drop_suppressed(
+        message_recipients(campaign, row, warn_invalid=True), {a.lower() for a in suppressed}
+    )
+    if not recipients.to:
         raise RenderError(
             f"campaign {campaign.name!r}, entity {entity_id!r}: no valid email address "
-            f"({row.get('email')!r})"
+            f"({row.get('email')!r}) that is not suppressed"
         )
-    subject, html, text = render_parts(campaign, row, settings, templates_dir=templates_dir)
-    seen = {a.lower() for a in to}
-    cc = _recipients(campaign, row, "cc", seen, entity_id)
-    bcc = _recipients(campaign, row, "bcc", seen, entity_id)
+    shown = _as_sent(row, recipients)
+    subject, html, text = render_parts(campaign, shown, settings, templates_dir=templates_dir)
+    to, cc, bcc = recipients.to, recipients.cc, recipients.bcc
     unsubscribe_url = _unsubscribe_url(campaign.name, entity_id, settings)
     headers = {
         "X-Nudge-Campaign": _header_value(campaign.name),

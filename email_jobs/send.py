@@ -21,6 +21,7 @@ the provider's answer and the record leaves a row `unknown`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -47,10 +48,10 @@ from email_jobs.ledger import (
     record_outcomes,
     recover_claims,
     release_rows,
-    skip_suppressed,
     state_counts,
 )
 from email_jobs.message import Backend, DeliveryResult, OutgoingEmail
+from email_jobs.recipients import screen_claimed
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
 
@@ -80,7 +81,7 @@ class SendReport:
     retry_later: int = 0  # back to pending for the next run
     delivery_unknown: int = 0  # the backend raised: we cannot tell whether it went out
     deferred: int = 0  # kept pending by the frequency cap, for a later evaluation
-    suppressed: int = 0  # pending rows skipped: suppressed since their evaluation
+    suppressed: int = 0  # claimed rows skipped: every To address suppressed by then
     attempts: int = 0
     # The campaign's ledger after the run: rows needing a person (`nudge release`).
     unknown: int = 0
@@ -154,6 +155,11 @@ def deliver_with_retries(
             break
         sleep(backoff_delay(attempts, last.retry_after_s, rand()))
     return Delivery(last, attempts, last.error if last else None)
+
+
+def _leaving_out(render: RenderFn, suppressed: frozenset[str] | None) -> RenderFn:
+    """`render`, told which (suppressed) addresses its message must not reach."""
+    return functools.partial(render, suppressed=suppressed) if suppressed else render
 
 
 def _render_row(
@@ -283,7 +289,6 @@ def _send_all(
         report.recovered_resend = recovered
     else:
         report.recovered_unknown = recovered
-    report.suppressed = skip_suppressed(wh, campaign.name)
     report.pending_at_start = count_pending(wh, campaign.name, run_id)
     if as_of is None:
         as_of = latest_evaluation_instant(wh, campaign.name)
@@ -329,8 +334,12 @@ def _send_all(
                 to_record = []
                 fault_point("after_claim")
                 report.deferred += claim.deferred
-                claimed = claim.rows
                 exhausted = not claim.rows and not claim.deferred
+                # The suppression list as it is now: drops addresses from these messages, and
+                # skips the rows left without a To address.
+                screened = screen_claimed(wh, campaign, run_id, claim.rows)
+                report.suppressed += screened.skipped
+                claimed = screened.rows
             for r in recorded:
                 _count(report, r)
             report.attempts += sum(a.delivery.attempts for a in done if a.delivery)
@@ -340,7 +349,7 @@ def _send_all(
                     [
                         pool.submit(
                             _attempt,
-                            render,
+                            _leaving_out(render, screened.suppressed.get(row.ledger_key)),
                             campaign,
                             row,
                             settings,

@@ -1,19 +1,33 @@
-"""The suppression list: addresses Nudge never mails (contract: "on the suppression list").
+"""The suppression list: addresses Nudge never mails (contract: "Suppression").
 
-Two sources land in `nudge.suppressions` (email normalized and lower-cased, reason, source):
+`nudge.suppressions` holds one row per (address, source) sighting: the email (normalized and
+lower-cased), a reason, the source, when Nudge first saw it (`first_seen_at`) and, for SendGrid,
+the provider's own time of it (`source_time`). Sources:
 
 - `suppressions/*.csv` in the landing folder: one address a line, `email[, reason]`, with or
   without a header row (a header names its columns `email` and optionally `reason`, in any
   order). Source `csv:suppressions/<file>`. A line whose address is not valid is reported with
   its file and line and left out (it could not match a recipient anyway); a file that cannot be
-  read is reported too, and its earlier rows are kept.
+  read is reported too.
 - With the SendGrid backend, SendGrid's bounce, unsubscribe and spam-report lists
   (GET /v3/suppression/{bounces,unsubscribes,spam_reports}, paged). Source `sendgrid:<list>`.
-  A list that cannot be fetched keeps its rows from the last successful sync.
+- `nudge suppress add ADDRESS`: source `manual`, with who added it.
 
-Each sync replaces a source's rows, so an address removed from a file (or from SendGrid's list)
-is mailable again. Entries of suppressed addresses are recorded `skipped(suppressed)` at
-evaluation, and pending rows are re-checked before every send (email_jobs.ledger).
+It fails closed: the list only grows from what Nudge has seen. A sync inserts the sightings it
+has not stored yet and never deletes, so a missing folder, an unreadable, half-written or emptied
+file, a removed line or a list SendGrid will not give never lifts a suppression.
+
+Lifting is the one way out, explicit and recorded: `nudge suppress remove ADDRESS --reason TEXT`
+stamps every active row of the address with `lifted_at`, `lifted_by` and `lifted_reason` (rows
+are kept; "active" means not lifted, and every reader uses active rows only). A lifted address
+stays mailable while its sources keep reporting what they reported before: a sighting suppresses
+it again only when it is NEW, that is
+- a source that has no row for the address at all (another CSV file, another SendGrid list, an
+  unsubscribe), or `nudge suppress add`;
+- or a SendGrid entry whose own time (`created`) is after the lift: a new bounce, unsubscribe or
+  spam report.
+A CSV line carries no time, so the same line read again is the same sighting; to suppress a
+lifted address again by file, put it in another file (or use `nudge suppress add`).
 """
 
 from __future__ import annotations
@@ -24,11 +38,12 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from email_jobs.addresses import normalize_address
-from email_jobs.ledger import ensure_schema
+from email_jobs.ledger import ACTIVE_SUPPRESSION, ensure_schema, utcnow
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
 
@@ -46,14 +61,17 @@ class Suppression:
     email: str  # normalized, lower-cased
     reason: str | None
     source: str
+    seen_at: datetime | None = None  # the source's own time of it (SendGrid's `created`)
 
 
 @dataclass
 class SuppressionSync:
-    """What one sync found: rows per source, and problems (file and line, or list and error)."""
+    """What one sync left: active addresses per source, problems (file and line, or list and
+    error), and how many sightings were new."""
 
     by_source: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    added: int = 0
 
     @property
     def total(self) -> int:
@@ -62,6 +80,7 @@ class SuppressionSync:
     def metadata(self) -> dict[str, Any]:
         return {
             "suppressions": self.total,
+            "suppressions_added": self.added,
             "suppression_problems": "\n".join(self.problems[:20]),
         }
 
@@ -145,6 +164,17 @@ def read_suppression_files(landing_dir: Path) -> tuple[Sources, list[str]]:
 # -- SendGrid ------------------------------------------------------------------------------
 
 
+def _created(entry: dict[str, Any]) -> datetime | None:
+    """SendGrid's `created` (Unix seconds) as naive UTC; None when absent or not a number."""
+    created = entry.get("created")
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(created, UTC).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def fetch_sendgrid_list(client: Any, name: str) -> list[Suppression]:
     """Every entry of one SendGrid suppression list, page by page (official client)."""
     endpoint = getattr(client.client.suppression, name)
@@ -159,7 +189,9 @@ def fetch_sendgrid_list(client: Any, name: str) -> list[Suppression]:
         for entry in entries:
             address = suppression_address(entry.get("email") if isinstance(entry, dict) else None)
             if address:
-                found[address] = Suppression(address, entry.get("reason") or name, source)
+                found[address] = Suppression(
+                    address, entry.get("reason") or name, source, _created(entry)
+                )
         if len(entries) < PAGE_SIZE:
             return list(found.values())
     raise ValueError(f"SendGrid {name}: more than {MAX_PAGES} pages; refusing to go on")
@@ -195,34 +227,73 @@ def read_sendgrid_lists(settings: Settings) -> tuple[Sources, list[str]]:
 
 # -- storing -------------------------------------------------------------------------------
 
+# Serializes syncs, adds and lifts on Postgres, so two of them never both insert one sighting or
+# a lift never races the insert it should cover (DuckDB has one writer per file anyway).
+_LOCK_ID = 7_446_110_302
 
-def store_suppressions(wh: Warehouse, by_source: Sources, *, csv_complete: bool) -> None:
-    """Replace the stored rows of every source given (None keeps that source's rows). With
-    `csv_complete`, CSV sources no longer on disk are dropped."""
+
+def _lock(wh: Warehouse) -> None:
+    if wh.kind == "postgres":
+        wh.execute("select pg_advisory_xact_lock(?)", [_LOCK_ID])
+
+
+def _chunks(items: list[Any], size: int = 500) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _stored(wh: Warehouse, source: str) -> dict[str, tuple[bool, datetime | None]]:
+    """email -> (has an active row, latest lift) of one source's stored rows."""
+    found: dict[str, tuple[bool, datetime | None]] = {}
+    rows = wh.fetchall(
+        "select email, max(case when lifted_at is null then 1 else 0 end), max(lifted_at) "
+        "from nudge.suppressions where source = ? group by email",
+        [source],
+    )
+    for email, active, lifted in rows:
+        found[email] = (bool(active), lifted)
+    return found
+
+
+def new_sightings(
+    rows: Iterable[Suppression], stored: dict[str, tuple[bool, datetime | None]]
+) -> list[Suppression]:
+    """The sightings of one source to insert: an address the source never reported, or one whose
+    rows are all lifted and which the source reports again with a time after the last lift."""
+    result: list[Suppression] = []
+    for row in rows:
+        active, lifted = stored.get(row.email, (False, None))
+        if row.email not in stored:
+            result.append(row)
+        elif not active and lifted is not None and row.seen_at and row.seen_at > lifted:
+            result.append(row)
+    return result
+
+
+def store_suppressions(wh: Warehouse, by_source: Sources) -> int:
+    """Insert the new sightings of every source given (None: unreadable now, nothing to add).
+    Never deletes or lifts anything. Returns how many rows were inserted."""
     ensure_schema(wh)
+    inserted = 0
     with wh.transaction():
-        if csv_complete:
-            present = [s for s in by_source if s.startswith(CSV_SOURCE_PREFIX)]
-            marks = ", ".join("?" * len(present))
-            wh.execute(
-                "delete from nudge.suppressions where source like 'csv:%'"
-                + (f" and source not in ({marks})" if present else ""),
-                present,
-            )
-        for source, rows in by_source.items():
+        _lock(wh)
+        for source, rows in sorted(by_source.items()):
             if rows is None:
-                continue  # unreadable now: keep what was stored
-            wh.execute("delete from nudge.suppressions where source = ?", [source])
-            _insert(wh, rows)
+                continue
+            fresh = new_sightings(rows, _stored(wh, source))
+            _insert(wh, fresh)
+            inserted += len(fresh)
+    return inserted
 
 
-def _insert(wh: Warehouse, rows: Iterable[Suppression], chunk: int = 500) -> None:
-    values = [(r.email, r.reason, r.source) for r in rows]
-    for i in range(0, len(values), chunk):
-        part = values[i : i + chunk]
+def _insert(wh: Warehouse, rows: Iterable[Suppression], added_by: str | None = None) -> None:
+    now = utcnow()
+    values = [(r.email, r.reason, r.source, now, r.seen_at, added_by) for r in rows]
+    for part in _chunks(values):
         wh.execute(
-            "insert into nudge.suppressions (email, reason, source) values "
-            + ", ".join("(?, ?, ?)" for _ in part),
+            "insert into nudge.suppressions "
+            "(email, reason, source, first_seen_at, source_time, added_by) values "
+            + ", ".join("(?, ?, ?, ?, ?, ?)" for _ in part),
             [v for row in part for v in row],
         )
 
@@ -230,20 +301,114 @@ def _insert(wh: Warehouse, rows: Iterable[Suppression], chunk: int = 500) -> Non
 def sync_suppressions(
     wh: Warehouse, settings: Settings, *, sendgrid: bool | None = None
 ) -> SuppressionSync:
-    """Load the landing folder's CSVs and (with the SendGrid backend, or `sendgrid=True`)
-    SendGrid's lists into nudge.suppressions. Problems are logged and returned, never raised:
-    a bad line must not stop the evaluation that the rest of the list protects."""
+    """Add what the landing folder's CSVs and (with the SendGrid backend, or `sendgrid=True`)
+    SendGrid's lists report and nudge.suppressions does not hold yet. Problems are logged and
+    returned, never raised: a bad line must not stop the evaluation that the rest of the list
+    protects."""
     by_source, problems = read_suppression_files(settings.landing_dir)
     if sendgrid if sendgrid is not None else settings.email_backend == "sendgrid":
         lists, found = read_sendgrid_lists(settings)
         by_source.update(lists)
         problems += found
-    store_suppressions(wh, by_source, csv_complete=True)
+    added = store_suppressions(wh, by_source)
     counts = dict(
-        wh.fetchall("select source, count(*) from nudge.suppressions group by source order by 1")
+        wh.fetchall(
+            "select source, count(distinct email) from nudge.suppressions "
+            f"where {ACTIVE_SUPPRESSION} group by source order by 1"
+        )
     )
-    sync = SuppressionSync({s: int(n) for s, n in counts.items()}, problems)
+    sync = SuppressionSync({s: int(n) for s, n in counts.items()}, problems, added)
     for problem in problems:
         log.warning("suppression list: %s", problem)
-    log.info("suppression list: %d address(es) from %d source(s)", sync.total, len(counts))
+    log.info(
+        "suppression list: %d active address row(s) from %d source(s), %d new",
+        sync.total,
+        len(counts),
+        added,
+    )
     return sync
+
+
+# -- by hand: nudge suppress add | remove | list ----------------------------------------------
+
+
+class SuppressionError(ValueError):
+    """A `nudge suppress` request that cannot be done (the message says why, in one line)."""
+
+
+MANUAL_SOURCE = "manual"
+
+
+def _address(value: str) -> str:
+    address = suppression_address(value)
+    if address is None:
+        raise SuppressionError(f"{value!r} is not an email address")
+    return address
+
+
+def add_suppression(wh: Warehouse, value: str, reason: str | None, by: str) -> bool:
+    """Suppress an address by hand (source `manual`). False when a manual suppression of it is
+    already active (nothing changes)."""
+    address = _address(value)
+    ensure_schema(wh)
+    with wh.transaction():
+        _lock(wh)
+        row = wh.fetchone(
+            "select count(*) from nudge.suppressions where email = ? and source = ? "
+            f"and {ACTIVE_SUPPRESSION}",
+            [address, MANUAL_SOURCE],
+        )
+        if row and int(row[0]):
+            return False
+        _insert(wh, [Suppression(address, reason, MANUAL_SOURCE)], added_by=by)
+    return True
+
+
+def lift_suppression(wh: Warehouse, value: str, reason: str, by: str) -> list[str]:
+    """Lift every active suppression of an address, recording who, when and why; returns the
+    sources lifted. Raises SuppressionError when the address is not suppressed."""
+    address = _address(value)
+    if not reason.strip():
+        raise SuppressionError("lifting a suppression needs a reason (--reason TEXT)")
+    ensure_schema(wh)
+    with wh.transaction():
+        _lock(wh)
+        sources = [
+            r[0]
+            for r in wh.fetchall(
+                "select distinct source from nudge.suppressions where email = ? "
+                f"and {ACTIVE_SUPPRESSION} order by 1",
+                [address],
+            )
+        ]
+        if not sources:
+            raise SuppressionError(f"{address} is not suppressed; nothing to remove")
+        wh.execute(
+            "update nudge.suppressions set lifted_at = ?, lifted_by = ?, lifted_reason = ? "
+            f"where email = ? and {ACTIVE_SUPPRESSION}",
+            [utcnow(), by, reason.strip(), address],
+        )
+    return sources
+
+
+LIST_COLUMNS = (
+    "email",
+    "source",
+    "reason",
+    "first_seen_at",
+    "added_by",
+    "lifted_at",
+    "lifted_by",
+    "lifted_reason",
+)
+
+
+def list_suppressions(wh: Warehouse, *, include_lifted: bool = False) -> list[dict[str, Any]]:
+    """The active suppressions (and, with include_lifted, the lifted ones), by address."""
+    ensure_schema(wh)
+    where = "" if include_lifted else f"where {ACTIVE_SUPPRESSION}"
+    rows = wh.fetchall(
+        f"select {', '.join(LIST_COLUMNS)} from nudge.suppressions {where} "
+        "order by email, source, first_seen_at"
+    )
+    return [dict(zip(LIST_COLUMNS, r, strict=True)) for r in rows]

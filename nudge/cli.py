@@ -201,6 +201,57 @@ def cmd_diff_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator() -> str:
+    """Who runs this command, for the suppression list's records."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return f"uid {os.getuid()}"
+
+
+def cmd_suppress(args: argparse.Namespace) -> int:
+    from email_jobs.suppressions import (
+        SuppressionError,
+        add_suppression,
+        lift_suppression,
+        list_suppressions,
+    )
+    from nudge.warehouse import connect
+
+    if args.action == "list" and args.address:
+        raise UserError("nudge suppress list takes no ADDRESS")
+    if args.action != "list" and not args.address:
+        raise UserError(f"nudge suppress {args.action} needs an ADDRESS")
+    if args.action == "remove" and not (args.reason or "").strip():
+        raise UserError("nudge suppress remove needs --reason TEXT: lifting is recorded")
+    settings = _settings()
+    by = args.by or _operator()
+    try:
+        with connect(settings) as wh:
+            if args.action == "add":
+                added = add_suppression(wh, args.address, args.reason, by)
+                print(f"{args.address}: {'suppressed' if added else 'already suppressed'}")
+                return 0
+            if args.action == "remove":
+                sources = lift_suppression(wh, args.address, args.reason, by)
+                print(f"lifted the suppression of {args.address} ({', '.join(sources)})")
+                return 0
+            rows = list_suppressions(wh, include_lifted=args.all)
+    except SuppressionError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    for r in rows:
+        line = f"{r['email']}\t{r['source']}\t{r['reason'] or ''}\t{r['first_seen_at'] or ''}"
+        if r["lifted_at"] is not None:
+            line += f"\tlifted {r['lifted_at']} by {r['lifted_by']}: {r['lifted_reason']}"
+        print(line)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -262,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("release", cmd_release, "send a campaign's held entries (and unknown ones)")
     sp.add_argument("campaign")
     sp.add_argument("--unknown", action="store_true", help="also resend entries in state unknown")
+
+    sp = add("suppress", cmd_suppress, "the suppression list by hand: add, remove (lift), list")
+    sp.add_argument("action", choices=("add", "remove", "list"))
+    sp.add_argument("address", nargs="?", help="the address (add and remove)")
+    sp.add_argument("--reason", help="why (required by remove: lifting is recorded)")
+    sp.add_argument("--by", help="who, for the record (default: the user running this)")
+    sp.add_argument("--all", action="store_true", help="list: lifted suppressions too")
+    sp.add_argument("--json", action="store_true", help="list: one JSON array")
 
     sp = add(
         "status", cmd_status, "campaigns, cohort sizes, last evaluation, ledger and ingest counts"

@@ -3,6 +3,10 @@ the frequency cap across campaigns: who is skipped, who waits, and that nobody i
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from datetime import timedelta
@@ -32,10 +36,11 @@ from email_jobs.ledger import (
     ledger_key,
     payload_json,
     record_outcomes,
+    suppressed_emails,
 )
 from email_jobs.suppressions import parse_suppression_csv, sync_suppressions
 from nudge.settings import Settings
-from nudge.warehouse import Warehouse
+from nudge.warehouse import Warehouse, connect
 
 API_KEY = "SG.suppressions-test"
 
@@ -77,33 +82,62 @@ def test_csv_with_and_without_header_and_bad_lines_named_by_file_and_line():
     ]
 
 
-def test_sync_loads_csvs_replaces_them_and_keeps_an_unreadable_files_rows(wh, tmp_path):  # noqa: F811
+def test_sync_loads_csvs_and_never_lifts_what_it_stored(wh, tmp_path):  # noqa: F811
+    """Fail closed: an unreadable file, an emptied file, a removed line, a removed file and a
+    missing folder each leave every stored suppression active (the old sync replaced a
+    source's rows and dropped them all)."""
     landing = landing_with(
         tmp_path,
         {
-            "a.csv": "email,reason\nann@example.com,unsubscribed\nnot-an-email,x\n",
+            "a.csv": "email,reason\nann@example.com,unsubscribed\nnot-an-email,x\n"
+            "cid@example.com,asked\n",
             "b.csv": "\ufeffbob@example.com\n",  # Excel's BOM
         },
     )
     settings = Settings(_env_file=None, landing_dir=landing)
     sync = sync_suppressions(wh, settings)
-    assert stored(wh) == {
+    every = {
         ("ann@example.com", "unsubscribed", "csv:suppressions/a.csv"),
+        ("cid@example.com", "asked", "csv:suppressions/a.csv"),
         ("bob@example.com", None, "csv:suppressions/b.csv"),
     }
+    assert stored(wh) == every
     assert sync.problems == ["suppressions/a.csv, line 3: 'not-an-email' is not an email address"]
-    assert sync.metadata()["suppressions"] == 2
+    assert (sync.metadata()["suppressions"], sync.added) == (3, 3)
 
-    # b.csv is now unreadable (not UTF-8): its rows stay. a.csv loses a line: it goes.
-    (landing / "suppressions" / "a.csv").write_text("email\n", encoding="utf-8")
+    # a.csv caught half-rewritten (one line left), b.csv unreadable (not UTF-8): nothing goes.
+    (landing / "suppressions" / "a.csv").write_text("email\nann@example.com\n", encoding="utf-8")
     (landing / "suppressions" / "b.csv").write_bytes(b"\xff\xfe\x00bad")
     sync = sync_suppressions(wh, settings)
-    assert stored(wh) == {("bob@example.com", None, "csv:suppressions/b.csv")}
+    assert stored(wh) == every
     assert "suppressions/b.csv: cannot be read" in sync.problems[0]
-    # A removed file takes its rows with it.
+    assert sync.added == 0
+    # Emptied, then removed, then the whole folder gone: still all there, each row once.
+    (landing / "suppressions" / "a.csv").write_text("", encoding="utf-8")
+    sync_suppressions(wh, settings)
     (landing / "suppressions" / "b.csv").unlink()
     sync_suppressions(wh, settings)
-    assert stored(wh) == set()
+    (landing / "suppressions" / "a.csv").unlink()
+    (landing / "suppressions").rmdir()
+    sync = sync_suppressions(wh, settings)
+    assert stored(wh) == every
+    assert wh.fetchone("select count(*) from nudge.suppressions")[0] == 3
+    assert wh.fetchone("select count(*) from nudge.suppressions where first_seen_at is null")[
+        0
+    ] == 0
+    assert sync.by_source == {"csv:suppressions/a.csv": 2, "csv:suppressions/b.csv": 1}
+
+
+def test_a_vanished_csv_line_does_not_make_the_next_evaluation_mail_it(wh, tmp_path):  # noqa: F811
+    landing = landing_with(tmp_path, {"s.csv": "ann@example.com,unsubscribed\n"})
+    settings = Settings(_env_file=None, landing_dir=landing)
+    sync_suppressions(wh, settings)
+    (landing / "suppressions" / "s.csv").write_text("", encoding="utf-8")  # mid-rewrite
+    sync_suppressions(wh, settings)
+    run(wh, 0, {})
+    run(wh, 1, emails("ann", "bob"))
+    assert ledger(wh)[("ann", "2026-01-02")] == ("skipped", "suppressed")
+    assert ledger(wh)[("bob", "2026-01-02")] == ("pending", None)
 
 
 def test_sendgrid_lists_are_synced_with_their_source(wh, tmp_path):  # noqa: F811
@@ -140,6 +174,11 @@ def test_sendgrid_lists_are_synced_with_their_source(wh, tmp_path):  # noqa: F81
         sync = sync_suppressions(wh, wrong)
         assert sync.by_source["sendgrid:bounces"] == 1203
         assert any("SendGrid bounces list not synced (SendGrid 401" in p for p in sync.problems)
+        # An address gone from SendGrid's list (or a list that comes back empty) stays.
+        sg.set_suppressions(bounces=[], unsubscribes=[], spam_reports=[])
+        sync = sync_suppressions(wh, settings)
+        assert sync.by_source["sendgrid:bounces"] == 1203
+        assert ("bye@example.com", "unsubscribes", "sendgrid:unsubscribes") in stored(wh)
 
 
 def test_suppressed_entries_are_skipped_case_insensitively(wh, tmp_path):  # noqa: F811
@@ -148,18 +187,6 @@ def test_suppressed_entries_are_skipped_case_insensitively(wh, tmp_path):  # noq
     run(wh, 0, {})
     result = run(wh, 1, {"ann": "ann@EXAMPLE.com", "bob": "bob@example.com"})
     assert result.skip_reasons == {"suppressed": 1}
-    assert ledger(wh)[("ann", "2026-01-02")] == ("skipped", "suppressed")
-    assert ledger(wh)[("bob", "2026-01-02")] == ("pending", None)
-
-
-def test_an_address_suppressed_after_its_evaluation_is_not_sent(wh, tmp_path):  # noqa: F811
-    from email_jobs.ledger import skip_suppressed
-
-    run(wh, 0, {})
-    run(wh, 1, emails("ann", "bob"))
-    landing = landing_with(tmp_path, {"late.csv": "ann@example.com\n"})
-    sync_suppressions(wh, Settings(_env_file=None, landing_dir=landing))
-    assert skip_suppressed(wh, CAMPAIGN.name) == 1  # what the send loop does before claiming
     assert ledger(wh)[("ann", "2026-01-02")] == ("skipped", "suppressed")
     assert ledger(wh)[("bob", "2026-01-02")] == ("pending", None)
 
@@ -305,3 +332,126 @@ def _nullcontext(w: Warehouse):
 def test_the_cap_knob_comes_from_the_environment(monkeypatch, cap):
     monkeypatch.setenv("NUDGE_MAX_EMAILS_PER_RECIPIENT_PER_DAY", str(cap))
     assert Settings(_env_file=None).max_emails_per_recipient_per_day == cap
+
+
+# -- lifting, by hand -----------------------------------------------------------------------------
+
+
+def test_a_lifted_address_stays_lifted_until_a_new_sighting(wh, tmp_path):  # noqa: F811
+    """Re-reading the CSV line or the SendGrid entry a suppression came from does not undo its
+    lift; another file, or a SendGrid entry newer than the lift, suppresses it again."""
+    from datetime import UTC, datetime
+
+    from email_jobs.suppressions import lift_suppression
+
+    landing = landing_with(tmp_path, {"a.csv": "ann@example.com,unsubscribed\n"})
+    with FakeSendGrid(api_key=API_KEY) as sg:
+        sg.set_suppressions(bounces=[{"email": "bob@example.com", "created": 1700000000}])
+        settings = Settings(
+            _env_file=None,
+            landing_dir=landing,
+            email_backend="sendgrid",
+            sendgrid_api_key=API_KEY,
+            sendgrid_host=sg.url,
+        )
+        sync_suppressions(wh, settings)
+        assert lift_suppression(wh, "Ann@Example.com", "asked us to", "alice") == [
+            "csv:suppressions/a.csv"
+        ]
+        lift_suppression(wh, "bob@example.com", "mailbox fixed", "bob-the-operator")
+        sync = sync_suppressions(wh, settings)  # the same line and bounce, read again
+        assert (sync.added, sync.total) == (0, 0)
+        run(wh, 0, {})
+        run(wh, 1, emails("ann", "bob"))
+        assert ledger(wh)[("ann", "2026-01-02")] == ("pending", None)  # mailable again
+        assert ledger(wh)[("bob", "2026-01-02")] == ("pending", None)
+        lifted = wh.fetchall(
+            "select email, lifted_by, lifted_reason from nudge.suppressions "
+            "where lifted_at is not null order by 1"
+        )
+        assert lifted == [
+            ("ann@example.com", "alice", "asked us to"),
+            ("bob@example.com", "bob-the-operator", "mailbox fixed"),
+        ]
+
+        # New sightings: a bounce after the lift, and another file naming ann.
+        later = int(datetime.now(UTC).timestamp()) + 3600
+        sg.set_suppressions(bounces=[{"email": "bob@example.com", "created": later}])
+        (landing / "suppressions" / "b.csv").write_text("ann@example.com\n", encoding="utf-8")
+        sync = sync_suppressions(wh, settings)
+    assert sync.added == 2
+    assert sync.by_source == {"csv:suppressions/b.csv": 1, "sendgrid:bounces": 1}
+    run(wh, 2, {})
+    run(wh, 40, emails("ann", "bob"))
+    assert ledger(wh)[("ann", "2026-02-10")] == ("skipped", "suppressed")
+    assert ledger(wh)[("bob", "2026-02-10")] == ("skipped", "suppressed")
+    # The lifts stay on record beside the new rows.
+    assert wh.fetchone("select count(*) from nudge.suppressions where lifted_at is not null")[
+        0
+    ] == 2
+
+
+def test_a_ledger_from_before_the_lift_columns_upgrades_with_its_rows_active(tmp_path):
+    with connect(Settings(warehouse=f"duckdb:///{tmp_path}/old.duckdb", _env_file=None)) as w:
+        with w.transaction():
+            w.execute("create schema nudge")
+            w.execute(
+                "create table nudge.suppressions (email varchar not null, reason varchar, "
+                "source varchar)"
+            )
+            w.execute(
+                "insert into nudge.suppressions values "
+                "('ann@example.com', 'x', 'csv:suppressions/a.csv')"
+            )
+        ensure_schema(w)
+        assert suppressed_emails(w) == {"ann@example.com"}
+        landing = landing_with(tmp_path, {"a.csv": "ann@example.com\n"})
+        assert sync_suppressions(w, Settings(_env_file=None, landing_dir=landing)).added == 0
+
+
+def nudge_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "nudge"
+    return subprocess.run(
+        [str(exe), "suppress", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_nudge_suppress_add_list_and_remove(tmp_path):
+    """The command, as an operator runs it: a lift needs a reason, is recorded, and an address
+    that is not suppressed cannot be removed (one line, non-zero)."""
+    warehouse = f"duckdb:///{tmp_path}/wh.duckdb"
+    env = {
+        **os.environ,
+        "NUDGE_WAREHOUSE": warehouse,
+        "NUDGE_LANDING_DIR": str(tmp_path / "landing"),
+    }
+    added = nudge_cli(env, "add", " Ann@Example.COM ", "--reason", "called support")
+    assert added.returncode == 0, added.stderr
+    assert nudge_cli(env, "add", "ann@example.com").stdout.strip().endswith("already suppressed")
+    listed = json.loads(nudge_cli(env, "list", "--json").stdout)
+    assert [(r["email"], r["source"], r["reason"]) for r in listed] == [
+        ("ann@example.com", "manual", "called support")
+    ]
+    assert listed[0]["added_by"]
+
+    missing = nudge_cli(env, "remove", "bob@example.com", "--reason", "typo")
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines() == [
+        "nudge: bob@example.com is not suppressed; nothing to remove"
+    ]
+    assert nudge_cli(env, "remove", "ann@example.com").returncode != 0  # no --reason
+    assert nudge_cli(env, "add", "not-an-address").returncode != 0
+
+    removed = nudge_cli(env, "remove", "ANN@example.com", "--reason", "re-subscribed", "--by", "al")
+    assert removed.returncode == 0, removed.stderr
+    assert nudge_cli(env, "list").stdout == ""
+    (row,) = json.loads(nudge_cli(env, "list", "--all", "--json").stdout)
+    assert (row["lifted_by"], row["lifted_reason"]) == ("al", "re-subscribed")
+    assert row["lifted_at"]
+    with connect(Settings(warehouse=warehouse, _env_file=None)) as w:
+        assert suppressed_emails(w) == set()  # what evaluation and send read: mailable again
