@@ -19,14 +19,14 @@ import tomllib
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import dagster as dg
 import pytest
 import yaml
-from conftest import PG_HOST, PG_PORT, fresh_postgres_database, require_postgres
+from conftest import PG_HOST, PG_PORT, require_postgres
 from support.net import free_port
 
 from nudge.settings import Settings
@@ -111,7 +111,7 @@ def settings_variables() -> set[str]:
 
 def test_compose_services_start_in_order_on_a_healthy_postgres() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", *DAGSTER_SERVICES}
+    assert set(services) == {"postgres", *DAGSTER_SERVICES, "proxy"}
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     for name in DAGSTER_SERVICES:
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
@@ -243,25 +243,47 @@ def run_compose_config(tmp_path: Path, env_lines: list[str]) -> subprocess.Compl
 
 def test_compose_accepts_the_file_with_env_example_as_dotenv(tmp_path: Path) -> None:
     example = ENV_EXAMPLE.read_text().splitlines()
-    lines = [*example, "DAGSTER_PG_PASSWORD=s3cret", "NUDGE_EMAIL_BACKEND=smtp"]
+    lines = [*example, *PASSWORDS, "NUDGE_EMAIL_BACKEND=smtp"]
     proc = run_compose_config(tmp_path, lines)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)["services"]
     values = env_example()
     user_code_env = resolved["user_code"]["environment"]
+    # The warehouse role, never the superuser, nor Dagster's storage role.
     assert user_code_env["NUDGE_WAREHOUSE"] == (
-        f"postgresql://{values['DAGSTER_PG_USERNAME']}:s3cret@postgres:5432/"
+        f"postgresql://{values['NUDGE_WAREHOUSE_USERNAME']}:wh-s3cret@postgres:5432/"
         f"{values['NUDGE_WAREHOUSE_DB']}"
     )
     assert user_code_env["NUDGE_EMAIL_BACKEND"] == "smtp"  # from .env
     assert "NUDGE_EMAIL_BACKEND" not in resolved["webserver"]["environment"]
-    assert resolved["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
+    postgres_env = resolved["postgres"]["environment"]
+    assert postgres_env["POSTGRES_PASSWORD"] == "su-s3cret"
+    # The superuser's password reaches the postgres container only.
+    for name, svc in resolved.items():
+        if name != "postgres":
+            assert "su-s3cret" not in json.dumps(svc), name
+    for name in DAGSTER_SERVICES:
+        env = resolved[name]["environment"]
+        assert env["DAGSTER_PG_USERNAME"] != postgres_env["POSTGRES_USER"], name
+    # The proxy profile resolves as well.
+    assert "proxy" not in resolved or resolved["proxy"]["profiles"] == ["proxy"]
 
 
-def test_compose_refuses_to_start_without_a_postgres_password(tmp_path: Path) -> None:
-    proc = run_compose_config(tmp_path, ENV_EXAMPLE.read_text().splitlines())
+PASSWORDS = [
+    "POSTGRES_PASSWORD=su-s3cret",
+    "DAGSTER_PG_PASSWORD=dg-s3cret",
+    "NUDGE_WAREHOUSE_PASSWORD=wh-s3cret",
+]
+
+
+@pytest.mark.parametrize("missing", [p.split("=")[0] for p in PASSWORDS])
+def test_compose_refuses_to_start_without_each_postgres_password(
+    tmp_path: Path, missing: str
+) -> None:
+    lines = [*ENV_EXAMPLE.read_text().splitlines(), *PASSWORDS]
+    proc = run_compose_config(tmp_path, [ln for ln in lines if not ln.startswith(f"{missing}=")])
     assert proc.returncode != 0
-    assert "DAGSTER_PG_PASSWORD" in proc.stderr
+    assert missing in proc.stderr
 
 
 # ----------------------------------------------------------------------------- .env.example
@@ -287,37 +309,160 @@ def test_env_example_lists_every_variable_of_the_contract() -> None:
 # ----------------------------------------------------------------------------- on Postgres
 
 
-@pytest.mark.postgres
-def test_init_script_creates_the_warehouse_database() -> None:
+INIT_SCRIPT = DOCKER / "postgres-init" / "nudge-roles.sh"
+
+
+@contextmanager
+def deployment_roles() -> Iterator[dict[str, str]]:
+    """docker/postgres-init/ run as the postgres image runs it on a first start (psql as the
+    superuser), with unique role and database names; yields the variables compose would pass
+    (the passwords included) and drops what it created."""
     require_postgres()
     import psycopg2
 
     if not shutil.which("psql"):
         pytest.skip("psql is not installed")
-    name = f"nudge_test_{uuid.uuid4().hex[:10]}"
+    suffix = uuid.uuid4().hex[:10]
+    roles = {
+        "DAGSTER_PG_USERNAME": f"nudge_test_dagster_{suffix}",
+        "DAGSTER_PG_PASSWORD": f"dg-{suffix}",
+        "DAGSTER_PG_DB": f"nudge_test_dg_{suffix}",
+        "NUDGE_WAREHOUSE_USERNAME": f"nudge_test_wh_{suffix}",
+        "NUDGE_WAREHOUSE_PASSWORD": f"wh-{suffix}",
+        "NUDGE_WAREHOUSE_DB": f"nudge_test_wh_{suffix}",
+    }
     env = {
         **os.environ,
         "PGHOST": PG_HOST,
         "PGPORT": str(PG_PORT),
         "POSTGRES_USER": "postgres",
         "POSTGRES_DB": "postgres",
-        "NUDGE_WAREHOUSE_DB": name,
+        **roles,
     }
-    script = DOCKER / "postgres-init" / "create-warehouse-db.sh"
     admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres")
     admin.autocommit = True
     try:
-        subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
-        with admin.cursor() as cur:
-            cur.execute("select 1 from pg_database where datname = %s", [name])
-            assert cur.fetchone() == (1,)
-        # One database for both is allowed: nothing to create, no error.
-        same = {**env, "NUDGE_WAREHOUSE_DB": "postgres"}
-        subprocess.run(["bash", str(script)], env=same, check=True, capture_output=True)
+        proc = subprocess.run(
+            ["bash", str(INIT_SCRIPT)], check=False, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        # The passwords travel by environment, never on psql's command line.
+        assert roles["DAGSTER_PG_PASSWORD"] not in INIT_SCRIPT.read_text()
+        yield roles
     finally:
         with admin.cursor() as cur:
-            cur.execute(f'drop database if exists "{name}" with (force)')
+            for db in (roles["DAGSTER_PG_DB"], roles["NUDGE_WAREHOUSE_DB"]):
+                cur.execute(f'drop database if exists "{db}" with (force)')
+            for role in (roles["DAGSTER_PG_USERNAME"], roles["NUDGE_WAREHOUSE_USERNAME"]):
+                cur.execute(f'drop role if exists "{role}"')
         admin.close()
+
+
+@pytest.mark.postgres
+def test_init_script_creates_a_role_for_dagster_and_one_for_the_warehouse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import psycopg2
+    from dagster_postgres import PostgresRunStorage
+
+    from email_jobs.ledger import ensure_schema
+    from nudge.settings import load_settings
+    from nudge.warehouse import connect
+
+    with deployment_roles() as roles:
+        dagster_user, warehouse_user = (
+            roles["DAGSTER_PG_USERNAME"],
+            roles["NUDGE_WAREHOUSE_USERNAME"],
+        )
+        dagster_db, warehouse_db = roles["DAGSTER_PG_DB"], roles["NUDGE_WAREHOUSE_DB"]
+        admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres")
+        with admin, admin.cursor() as cur:
+            cur.execute(
+                "select rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication"
+                " from pg_roles where rolname in (%s, %s)",
+                [dagster_user, warehouse_user],
+            )
+            found = {r[0]: r[1:] for r in cur.fetchall()}
+            assert found == {dagster_user: (False,) * 4, warehouse_user: (False,) * 4}
+            cur.execute(
+                "select datname, pg_get_userbyid(datdba) from pg_database"
+                " where datname in (%s, %s)",
+                [dagster_db, warehouse_db],
+            )
+            assert dict(cur.fetchall()) == {dagster_db: dagster_user, warehouse_db: warehouse_user}
+        admin.close()
+
+        def connects(user: str, db: str) -> bool:
+            try:
+                psycopg2.connect(host=PG_HOST, port=PG_PORT, user=user, dbname=db).close()
+            except psycopg2.OperationalError as exc:
+                assert "permission denied" in str(exc), exc
+                return False
+            return True
+
+        # Neither role reaches the other's database.
+        assert not connects(warehouse_user, dagster_db)
+        assert not connects(dagster_user, warehouse_db)
+
+        # The warehouse role creates its schemas and runs Nudge's ledger DDL in its database.
+        monkeypatch.setenv(
+            "NUDGE_WAREHOUSE", f"postgresql://{warehouse_user}@{PG_HOST}:{PG_PORT}/{warehouse_db}"
+        )
+        with connect(load_settings()) as wh:
+            ensure_schema(wh)
+            with wh.transaction():
+                wh.execute("create schema if not exists analytics")
+                wh.execute("create table analytics.t (x int)")
+        with (
+            psycopg2.connect(
+                host=PG_HOST, port=PG_PORT, user=warehouse_user, dbname=warehouse_db
+            ) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute(
+                "select nspname, pg_get_userbyid(nspowner) from pg_namespace"
+                " where nspname in ('nudge', 'analytics', 'public')"
+            )
+            assert {owner for _, owner in cur.fetchall()} == {warehouse_user}
+            # Its rights stop at its own database: no new databases, no new roles.
+            for statement in ("create role intruder", "select pg_read_file('/etc/passwd')"):
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute(statement)
+                conn.rollback()
+
+        # Dagster's run storage initializes its tables with the Dagster role.
+        storage = PostgresRunStorage(
+            f"postgresql://{dagster_user}:{roles['DAGSTER_PG_PASSWORD']}@{PG_HOST}:{PG_PORT}/{dagster_db}"
+        )
+        try:
+            assert storage.get_runs() == []
+        finally:
+            storage.dispose()
+
+
+def test_init_script_refuses_a_shared_role_or_the_superuser() -> None:
+    base = {
+        "POSTGRES_USER": "postgres",
+        "DAGSTER_PG_USERNAME": "dagster",
+        "DAGSTER_PG_PASSWORD": "x",
+        "DAGSTER_PG_DB": "dagster",
+        "NUDGE_WAREHOUSE_USERNAME": "nudge",
+        "NUDGE_WAREHOUSE_PASSWORD": "y",
+        "NUDGE_WAREHOUSE_DB": "nudge_warehouse",
+    }
+    bad = [
+        {"NUDGE_WAREHOUSE_USERNAME": "dagster"},
+        {"NUDGE_WAREHOUSE_DB": "dagster"},
+        {"DAGSTER_PG_USERNAME": "postgres"},
+        {"NUDGE_WAREHOUSE_PASSWORD": ""},
+    ]
+    for change in bad:
+        env = {"PATH": os.environ["PATH"], **base, **change}
+        # No PGHOST: if the script got as far as psql, it would fail differently.
+        proc = subprocess.run(
+            ["bash", str(INIT_SCRIPT)], check=False, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 1 and "nudge-roles.sh" in proc.stderr, (change, proc.stderr)
 
 
 class Processes:
@@ -421,10 +566,10 @@ mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params)
 
 
 @pytest.fixture
-def warehouse_database() -> Iterator[str]:
-    """A second fresh database, for the warehouse (compose puts it beside Dagster's)."""
-    with fresh_postgres_database() as url:
-        yield url
+def roles() -> Iterator[dict[str, str]]:
+    """Dagster's and the warehouse's roles and databases, as the postgres image creates them."""
+    with deployment_roles() as created:
+        yield created
 
 
 @pytest.mark.postgres
@@ -432,11 +577,11 @@ def warehouse_database() -> Iterator[str]:
 def test_image_commands_serve_nudge_on_postgres(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    postgres_database: str,
-    warehouse_database: str,
+    roles: dict[str, str],
     dbt_manifest: None,
 ) -> None:
-    """user_code, webserver and daemon as compose starts them, run here as plain processes."""
+    """user_code, webserver and daemon as compose starts them, run here as plain processes,
+    connected as the roles docker/postgres-init/ creates (none a superuser)."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copyfile(DOCKER / "dagster.yaml", home / "dagster.yaml")
@@ -446,15 +591,18 @@ def test_image_commands_serve_nudge_on_postgres(
     workspace_file = tmp_path / "workspace.yaml"
     workspace_file.write_text(yaml.safe_dump(workspace))
 
-    dagster_pg = urlparse(postgres_database)
+    warehouse = (
+        f"postgresql://{roles['NUDGE_WAREHOUSE_USERNAME']}:{roles['NUDGE_WAREHOUSE_PASSWORD']}"
+        f"@{PG_HOST}:{PG_PORT}/{roles['NUDGE_WAREHOUSE_DB']}"
+    )
     env = {
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_HOST": PG_HOST,
         "DAGSTER_PG_PORT": str(PG_PORT),
-        "DAGSTER_PG_USERNAME": dagster_pg.username or "postgres",
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": dagster_pg.path.strip("/"),
-        "NUDGE_WAREHOUSE": warehouse_database,
+        "DAGSTER_PG_USERNAME": roles["DAGSTER_PG_USERNAME"],
+        "DAGSTER_PG_PASSWORD": roles["DAGSTER_PG_PASSWORD"],
+        "DAGSTER_PG_DB": roles["DAGSTER_PG_DB"],
+        "NUDGE_WAREHOUSE": warehouse,
         "NUDGE_LANDING_DIR": str(tmp_path / "landing"),
         "NUDGE_OUTBOX_DIR": str(tmp_path / "outbox"),
         "NUDGE_EMAIL_BACKEND": "outbox",
