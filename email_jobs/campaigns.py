@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,10 @@ class Campaign:
     unsubscribe_group_id: int | None = None
     on_unknown: Literal["hold", "resend"] = "hold"
     columns: tuple[str, ...] = ()  # columns declared in the cohort's yml
+    # A disabled campaign evaluates and sends nothing. `enabled_by` says who decided: the yml
+    # (`enabled`, default true) or the operator's ENABLED_CAMPAIGNS_ENV over a yml `false`.
+    enabled: bool = True
+    enabled_by: str = "yml"
     description: str = ""
     dbt_unique_id: str = ""
     extra: dict = field(default_factory=dict, hash=False, compare=False)
@@ -71,8 +76,11 @@ KNOWN_KEYS = frozenset(
         "description",
         "steps",
         "recipients",
+        "enabled",
     }
 )
+# The operator's switch: campaigns turned on over their yml's `enabled: false`.
+ENABLED_CAMPAIGNS_ENV = "NUDGE_ENABLED_CAMPAIGNS"
 
 
 class CampaignError(Exception):
@@ -200,6 +208,9 @@ def _campaign(
     template = steps[0].template if steps else entry.get("template", name)
     if not isinstance(template, str) or not template.strip():
         raise CampaignError(f"{where}: template must be a folder name, got {template!r}")
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise CampaignError(f"{where}: enabled must be true or false, got {enabled!r}")
     baseline = entry.get("baseline_first_run", True)
     if not isinstance(baseline, bool):
         raise CampaignError(f"{where}: baseline_first_run must be true or false, got {baseline!r}")
@@ -240,6 +251,7 @@ def _campaign(
         else _number(group, "unsubscribe_group_id", where, integer=True),
         on_unknown=on_unknown,
         columns=columns,
+        enabled=enabled,
         description=str(description),
         dbt_unique_id=node.get("unique_id", ""),
         extra={k: v for k, v in entry.items() if k not in KNOWN_KEYS},
@@ -323,9 +335,17 @@ def campaigns_of_node(
     return campaigns
 
 
-def load_campaigns(manifest: dict[str, Any], templates_dir: Path | None = None) -> list[Campaign]:
+def load_campaigns(
+    manifest: dict[str, Any],
+    templates_dir: Path | None = None,
+    *,
+    enable: Iterable[str] | None = None,
+) -> list[Campaign]:
     """Every campaign declared by a model's `config.meta.nudge` (or top-level `meta.nudge`) in
-    a dbt manifest.json, ordered by cohort then declaration. Raises CampaignError."""
+    a dbt manifest.json, ordered by cohort then declaration. Raises CampaignError.
+
+    `enable` names campaigns the operator turns on over their yml (default: the names in
+    NUDGE_ENABLED_CAMPAIGNS)."""
     nodes = manifest.get("nodes")
     if not isinstance(nodes, dict):
         raise CampaignError("dbt manifest has no 'nodes': is it a manifest.json?")
@@ -350,5 +370,37 @@ def load_campaigns(manifest: dict[str, Any], templates_dir: Path | None = None) 
                 )
             seen[campaign.name] = campaign.cohort
             campaigns.append(campaign)
-    log.info("loaded %d campaign(s) from the dbt manifest", len(campaigns))
+    campaigns = apply_switches(campaigns, enabled_campaigns() if enable is None else enable)
+    log.info(
+        "loaded %d campaign(s) from the dbt manifest, %d enabled",
+        len(campaigns),
+        sum(c.enabled for c in campaigns),
+    )
     return campaigns
+
+
+def apply_switches(campaigns: list[Campaign], enable: Iterable[str]) -> list[Campaign]:
+    """Turn on the campaigns the operator names; a name that is no campaign is an error, not a
+    silent no-op (a typo would leave the playbook off without anyone noticing)."""
+    names = {n.strip() for n in enable if n.strip()}
+    known = {c.name for c in campaigns}
+    unknown = sorted(names - known)
+    if unknown:
+        raise CampaignError(
+            f"{ENABLED_CAMPAIGNS_ENV} names unknown campaign(s) {', '.join(unknown)}; "
+            f"campaigns: {', '.join(sorted(known)) or 'none'}"
+        )
+    return [
+        replace(c, enabled=True, enabled_by=ENABLED_CAMPAIGNS_ENV)
+        if c.name in names and not c.enabled
+        else c
+        for c in campaigns
+    ]
+
+
+def enabled_campaigns() -> list[str]:
+    """The campaign names in NUDGE_ENABLED_CAMPAIGNS (comma-separated; the environment, else
+    `.env`)."""
+    from nudge.settings import enabled_campaigns_setting
+
+    return [n for n in enabled_campaigns_setting().split(",") if n.strip()]

@@ -188,6 +188,8 @@ def evaluate_campaign(
     `rejected_share` (or the ingest of `run_id`) for the broken-export guard."""
     if end.tzinfo is not None:
         raise ValueError(f"evaluation instant {end!r} must be naive UTC")
+    if not campaign.enabled:  # callers skip disabled campaigns; nothing may record one
+        raise ValueError(f"campaign {campaign.name} is disabled: it is not evaluated")
     if guard_inputs is None:
         guard_inputs = compute_guard_inputs(
             wh, end, settings, run_id=run_id, rejected_share=rejected_share

@@ -249,6 +249,9 @@ def send_campaign(
 
         render = render_email
     report = SendReport(campaign=campaign.name)
+    if not campaign.enabled:  # sends nothing, not even rows left pending from before
+        log.info("campaign %s is disabled: nothing sent", campaign.name)
+        return report
     batch_size = batch_size or 2 * max(1, settings.send_concurrency)
     # One connection for the whole send: opening a DuckDB file costs tens of milliseconds (and
     # its close a checkpoint), which per batch capped the rate far below the provider's. On

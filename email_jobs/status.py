@@ -146,6 +146,9 @@ def collect_status(wh: Warehouse, campaigns: Sequence[Campaign]) -> dict[str, An
                 "campaign": campaign.name,
                 "cohort": campaign.cohort,
                 "entity": campaign.entity,
+                # The switch, and who set it: `yml` or NUDGE_ENABLED_CAMPAIGNS.
+                "enabled": campaign.enabled,
+                "enabled_by": campaign.enabled_by,
                 "members": int(last["members"]) if last else 0,
                 "last_evaluation": to_iso(last["as_of"]) if last else None,
                 "last_evaluation_kind": last["kind"] if last else None,

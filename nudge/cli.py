@@ -182,6 +182,11 @@ def cmd_release(args: argparse.Namespace) -> int:
     settings = _settings()
     _prepare_pipeline(settings)
     campaign = _campaign(args.campaign)
+    if not campaign.enabled:
+        raise UserError(
+            f"campaign {campaign.name} is disabled (enabled: false in its yml): it sends nothing; "
+            f"turn it on with NUDGE_ENABLED_CAMPAIGNS={campaign.name} or `enabled: true`"
+        )
     with connect(settings) as wh:
         released = release(wh, campaign, include_unknown=args.unknown)
     print(f"released {released} entr{'y' if released == 1 else 'ies'} of {campaign.name}")

@@ -9,6 +9,7 @@ to replace a landing folder it did not write.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -17,6 +18,9 @@ from pathlib import Path
 from nudge.settings import ConfigError, Settings
 
 DEMO_DIR = Path("data/demo")
+# The shipped playbooks beyond the seed's two ship `enabled: false`; the demo turns them on for
+# its own process only, the way an operator would (NUDGE_ENABLED_CAMPAIGNS), leaving the yml as is.
+DEMO_PLAYBOOKS = ("api_misuse", "quota_80pct", "quota_100pct")
 
 
 def _land_day(source: Path, landing: Path, day: date) -> None:
@@ -52,12 +56,16 @@ def _reset(settings: Settings) -> None:
 
 
 def run_demo(days: int = 28, users: int = 160, events_per_day: int = 6000) -> int:
+    from email_jobs.campaigns import ENABLED_CAMPAIGNS_ENV, enabled_campaigns
     from nudge.asof import to_iso
     from nudge.cli import _instance, _prepare_pipeline, _settings
     from nudge.generate import generate
     from nudge.runner import run_evaluation
     from nudge.summary import evaluation_rows
 
+    os.environ[ENABLED_CAMPAIGNS_ENV] = ",".join(
+        dict.fromkeys([*enabled_campaigns(), *DEMO_PLAYBOOKS])
+    )
     settings = _settings()
     _reset(settings)
     source, landing = DEMO_DIR / "source", settings.landing_dir
@@ -110,5 +118,9 @@ def run_demo(days: int = 28, users: int = 160, events_per_day: int = 6000) -> in
     )
     if new_files:
         print(f"Open one: {new_files[0]}")
+    print(
+        f"The demo turned on {', '.join(DEMO_PLAYBOOKS)} for itself ({ENABLED_CAMPAIGNS_ENV}); "
+        "they ship disabled, and `nudge status` shows them so until you turn them on."
+    )
     print("See the runs and the lineage: .venv/bin/nudge ui   (then http://localhost:3000)")
     return 1 if failures else 0

@@ -136,6 +136,9 @@ _SOLUTIONS_ENGINEERS = (
     "kenji.ito@widgets-api.example",
 )
 _PLANS = (("free", 0.4), ("starter", 0.25), ("pro", 0.25), ("enterprise", 0.1))
+# The monthly call quota a billing system writes into company metadata (quota_calls_per_month),
+# which the quota playbooks read; enterprise is unmetered (no quota, never in those cohorts).
+_PLAN_QUOTAS = {"free": 7500, "starter": 15000, "pro": 100000}
 _TITLES = ("CTO", "Backend Engineer", "Developer", "Staff Engineer", "Founder", "Data Engineer")
 _USER_AGENTS = (
     "widgets-python/2.3.1 (CPython 3.11)",
@@ -511,6 +514,8 @@ def company_profiles(population: Population, seed: int) -> tuple[list[dict], lis
     updates: list[dict] = []
     for i, company in enumerate(population.companies):
         metadata: dict[str, object] = {"plan": company.plan, "org_name": company.org_name}
+        if company.plan in _PLAN_QUOTAS:
+            metadata["quota_calls_per_month"] = _PLAN_QUOTAS[company.plan]
         if company.solutions_engineer_email:
             metadata["solutions_engineer_email"] = company.solutions_engineer_email
         row = {
@@ -524,7 +529,10 @@ def company_profiles(population: Population, seed: int) -> tuple[list[dict], lis
         }
         base.append(row)
         if company.plan in ("free", "starter") and rng.random() < 0.2:
-            upgraded = dict(row, metadata=dict(metadata, plan="pro"))
+            upgraded = dict(
+                row,
+                metadata=dict(metadata, plan="pro", quota_calls_per_month=_PLAN_QUOTAS["pro"]),
+            )
             upgraded["modified_time"] = _fmt_modified(
                 company.modified_time + timedelta(days=rng.randint(30, 150)), i + 1
             )

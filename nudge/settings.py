@@ -186,3 +186,16 @@ def dbt_env(settings: Settings) -> dict[str, str]:
         "NUDGE_DBT_PG_PASSWORD": wh.password,
         "NUDGE_DBT_PG_DATABASE": wh.database,
     }
+
+
+class _CampaignSwitches(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NUDGE_", env_file=".env", extra="ignore")
+
+    enabled_campaigns: str = ""
+
+
+def enabled_campaigns_setting() -> str:
+    """NUDGE_ENABLED_CAMPAIGNS (comma-separated campaign names the operator turns on over their
+    yml's `enabled: false`). Read on its own: loading the campaigns (the Dagster code location,
+    `nudge status`) must not depend on every other setting being valid."""
+    return _CampaignSwitches().enabled_campaigns

@@ -81,8 +81,11 @@ def format_status(status: dict[str, Any]) -> str:
             )
     for c in status.get("campaigns", []):
         sends = ", ".join(f"{n} {s}" for s, n in c.get("sends", {}).items())
+        switch = "" if c.get("enabled", True) else " [disabled]"
+        if c.get("enabled", True) and c.get("enabled_by", "yml") != "yml":
+            switch = f" [enabled by {c['enabled_by']}]"
         out.append(
-            f"{c['campaign']} ({c['cohort']}): {c.get('members', 0)} members at "
+            f"{c['campaign']} ({c['cohort']}){switch}: {c.get('members', 0)} members at "
             f"{c.get('last_evaluation') or 'never evaluated'}; sends: {sends}"
         )
     failure = status.get("last_failure")

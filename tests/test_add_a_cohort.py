@@ -276,6 +276,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Copy]:
         NUDGE_EMAIL_BACKEND="outbox",
         NUDGE_OUTBOX_DIR=str(tmp / "outbox"),
         DAGSTER_HOME=str(tmp / "dagster_home"),
+        # The shipped playbooks ship disabled; the operator turns them on without editing yml.
+        NUDGE_ENABLED_CAMPAIGNS="api_misuse,quota_80pct,quota_100pct",
     )
     yield Copy(root, env, tmp / "outbox", tmp / "wh.duckdb", landing)
 

@@ -204,6 +204,18 @@ def shipped(dbt_manifest: None) -> dict[str, Any]:
     return {c.name: c for c in load_campaigns(json.loads(MANIFEST.read_text()))}
 
 
+def test_only_the_seed_campaigns_ship_enabled(monkeypatch) -> None:
+    monkeypatch.delenv("NUDGE_ENABLED_CAMPAIGNS", raising=False)
+    campaigns = load_campaigns(json.loads(MANIFEST.read_text()))
+    assert {c.name: c.enabled for c in campaigns} == {
+        "not_activated_7d": True,
+        "too_many_4xx_7d": True,
+        "api_misuse": False,
+        "quota_80pct": False,
+        "quota_100pct": False,
+    }
+
+
 def test_the_two_playbooks_ship_as_company_cohorts(shipped) -> None:
     assert {"api_misuse", "quota_80pct", "quota_100pct"} <= set(shipped)
     misuse, q80, q100 = shipped["api_misuse"], shipped["quota_80pct"], shipped["quota_100pct"]

@@ -175,3 +175,46 @@ def test_campaign_names_are_unique_across_models(templates):
 def test_not_a_manifest():
     with pytest.raises(CampaignError, match="no 'nodes'"):
         load_campaigns({"metadata": {}})
+
+
+# -- campaign switches (contract, "Campaign switches") ----------------------------------------
+
+
+def with_enabled(value: Any) -> dict[str, Any]:
+    nudge = copy.deepcopy(GOOD)
+    nudge["campaigns"][0]["enabled"] = value
+    return nudge
+
+
+def test_enabled_defaults_to_true_and_false_turns_a_campaign_off(templates, monkeypatch):
+    monkeypatch.delenv("NUDGE_ENABLED_CAMPAIGNS", raising=False)
+    (on,) = load_campaigns(manifest(model("cohort_a", GOOD)), templates)
+    (off,) = load_campaigns(manifest(model("cohort_a", with_enabled(False))), templates)
+    assert (on.enabled, on.enabled_by, off.enabled, off.enabled_by) == (True, "yml", False, "yml")
+    assert "enabled" not in off.extra
+
+
+@pytest.mark.parametrize("value", ["false", "no", 0, None])
+def test_a_non_bool_enabled_names_the_model_and_file(templates, value):
+    with pytest.raises(CampaignError) as err:
+        load_campaigns(manifest(model("cohort_a", with_enabled(value))), templates)
+    msg = str(err.value)
+    assert "model 'cohort_a' (models/cohorts/cohorts.yml)" in msg
+    assert f"enabled must be true or false, got {value!r}" in msg
+
+
+def test_the_operator_turns_a_disabled_campaign_on_without_editing_the_yml(
+    templates, monkeypatch, tmp_path
+):
+    nodes = manifest(model("cohort_a", with_enabled(False)))
+    monkeypatch.setenv("NUDGE_ENABLED_CAMPAIGNS", " welcome_back ")
+    (campaign,) = load_campaigns(nodes, templates)
+    assert (campaign.enabled, campaign.enabled_by) == (True, "NUDGE_ENABLED_CAMPAIGNS")
+    # From a `.env` file in the working folder too, like every other setting.
+    monkeypatch.delenv("NUDGE_ENABLED_CAMPAIGNS")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("NUDGE_ENABLED_CAMPAIGNS=welcome_back\n")
+    assert load_campaigns(nodes, templates)[0].enabled
+    # A typo does not silently leave the playbook off.
+    with pytest.raises(CampaignError, match="NUDGE_ENABLED_CAMPAIGNS names unknown campaign"):
+        load_campaigns(nodes, templates, enable=["welcome-back"])

@@ -17,11 +17,13 @@ from test_evaluate import seed_events
 from email_jobs.campaigns import Campaign
 from email_jobs.ledger import ensure_schema
 from email_jobs.send import release
+from nudge.evaluation_lock import record_builds
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse, connect
 from orchestration.defs.email.assets import build_evaluations, build_sends
 from orchestration.defs.runtime.resources import NudgeResource
 from orchestration.defs.runtime.tags import AS_OF_TAG, INGEST_RUNS_TAG
+from orchestration.defs.transform.assets import evaluation_lock_resource
 
 D0 = datetime(2026, 4, 1)
 CAMPAIGN = Campaign(
@@ -65,13 +67,15 @@ def set_members(wh: Warehouse, entities: list[str]) -> None:
 
 
 def evaluate(settings: Settings, day: int, members: list[str], campaign=CAMPAIGN, tags=None):
+    end = D0 + timedelta(days=day)
     with connect(settings) as wh:
         set_members(wh, members)
-    end = D0 + timedelta(days=day)
+        # What the dbt asset records after building the cohort for this instant.
+        record_builds(wh, [campaign.cohort], end, "test")
     partition = (end - timedelta(days=1)).date().isoformat()
     return dg.materialize(
         [build_evaluations([campaign])],
-        resources={"nudge": NudgeResource()},
+        resources={"nudge": NudgeResource(), "evaluation_lock": evaluation_lock_resource},
         partition_key=partition,
         tags={AS_OF_TAG: end.isoformat() + "Z", **(tags or {})},
         raise_on_error=False,

@@ -46,7 +46,8 @@
 
 {% macro nudge_plan_quota(plan_column) -%}
     {#- The monthly call quota of a plan from the var quota_calls_per_month_by_plan
-        ({plan: calls}); null for a plan it does not list. -#}
+        ({plan: calls}, set by the operator; empty by default); null for a plan it does not
+        list. -#}
     {%- set quotas = var('quota_calls_per_month_by_plan', {}) or {} -%}
     {%- if quotas is not mapping -%}
         {{ exceptions.raise_compiler_error(
@@ -73,8 +74,8 @@
 
 
 {% macro nudge_quota_usage() -%}
-    {#- One row per company with a quota (metadata.quota_calls_per_month, else its plan's default
-        from the var): the calls of this calendar month so far (nudge_month_window), the share of
+    {#- One row per company with a quota (metadata.quota_calls_per_month, else the quota the
+        operator configured for its plan in the var; never a guess): the calls of this calendar month so far (nudge_month_window), the share of
         the quota used in whole percent (rounded down), and when the count starts again. -#}
     {%- set month = nudge_month_window() -%}
     {%- set last = nudge_as_of_datetime() - modules.datetime.timedelta(microseconds=1) -%}

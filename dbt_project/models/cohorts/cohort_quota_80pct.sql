@@ -1,7 +1,8 @@
 -- Companies that have used at least quota_warning_pct (80) percent of their monthly call quota
 -- this calendar month, and less than quota_exceeded_pct (100): a heads-up before the limit.
--- The quota is metadata.quota_calls_per_month, else the plan's default from the var
--- quota_calls_per_month_by_plan (macros/nudge_company_calls.sql). A company that crosses 100%
+-- The quota is metadata.quota_calls_per_month, else the per-plan quota the operator set in the
+-- var quota_calls_per_month_by_plan (empty by default: no guessed quota; see
+-- macros/nudge_company_calls.sql). A company with neither is in no quota cohort. A company that crosses 100%
 -- leaves this cohort and enters cohort_quota_100pct; a new month starts again from zero.
 
 {%- set warning_pct = nudge_int_var('quota_warning_pct', 1) %}

@@ -12,6 +12,7 @@ from email_jobs.evaluate import EvaluationDeferred, compute_guard_inputs, evalua
 from email_jobs.send import send_campaign
 from email_jobs.suppressions import sync_suppressions
 from nudge.asof import parse_as_of
+from nudge.evaluation_lock import CohortNotBuiltForInstant, HeldLock, check_built_for
 from orchestration.defs.email.campaigns import manifest_campaigns
 from orchestration.defs.runtime.instant import evaluation_instant
 from orchestration.defs.runtime.partitions import days
@@ -37,7 +38,31 @@ def _tagged_runs(context: dg.AssetExecutionContext, tag: str) -> list[str]:
 def _selected(
     context: dg.AssetExecutionContext, campaigns: list[Campaign], key_fn: Any
 ) -> list[Campaign]:
-    return [c for c in campaigns if key_fn(c) in context.selected_asset_keys]
+    """The selected campaigns that are enabled. A disabled one stays in the graph (its lineage
+    visible, marked Disabled) but its step yields nothing: no membership, no ledger row, no send
+    (not even rows left pending from before it was turned off), whatever launched the run."""
+    chosen = [c for c in campaigns if key_fn(c) in context.selected_asset_keys]
+    for c in chosen:
+        if not c.enabled:
+            context.log.info(f"campaign {c.name} is disabled (yml enabled: false): skipped")
+    return [c for c in chosen if c.enabled]
+
+
+def _switch(campaign: Campaign, description: str) -> dict[str, Any]:
+    """Description, tags and metadata of a campaign's assets that show its switch in the UI."""
+    if campaign.enabled:
+        state = f"enabled ({campaign.enabled_by})"
+    else:
+        state = "disabled"
+        description = (
+            "Disabled (yml `enabled: false`; turn on with NUDGE_ENABLED_CAMPAIGNS or the yml): "
+            "evaluates and sends nothing. " + description
+        )
+    return {
+        "description": description,
+        "tags": {"nudge/enabled": str(campaign.enabled).lower()},
+        "metadata": {"nudge/campaign": campaign.name, "nudge/switch": state},
+    }
 
 
 def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
@@ -49,10 +74,10 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                 deps=[get_asset_key_for_model([nudge_dbt_models], c.cohort)],
                 group_name="email",
                 owners=OWNERS,
-                description=(
+                **_switch(
+                    c,
                     f"Membership of {c.cohort} at each evaluation, diffed against the previous "
-                    "one; "
-                    f"entries go to the send ledger for campaign {c.name}."
+                    f"one; entries go to the send ledger for campaign {c.name}.",
                 ),
                 skippable=True,
             )
@@ -71,12 +96,27 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     )
     def cohort_evaluations(
-        context: dg.AssetExecutionContext, nudge: NudgeResource
+        context: dg.AssetExecutionContext,
+        nudge: NudgeResource,
+        evaluation_lock: dg.ResourceParam[HeldLock],
     ) -> Iterator[Any]:
         end = evaluation_instant(context)
         settings = nudge.settings()
         selected = _selected(context, campaigns, evaluation_key)
+        if not selected:
+            return
+        # The run has held the evaluation lock since before its dbt build (a resource spanning
+        # the run's steps), so no other evaluation rebuilt the cohorts meanwhile; the recorded
+        # build instants check it again.
+        evaluation_lock.check()
         with nudge.warehouse() as wh:
+            try:
+                for c in selected:
+                    check_built_for(wh, c.cohort, end)
+            except CohortNotBuiltForInstant as exc:
+                raise dg.Failure(
+                    description=f"Evaluation at {end:%Y-%m-%d %H:%M}Z refused: {exc}"
+                ) from None
             try:
                 # The broken-export share counts the lines this evaluation's ingests read: its
                 # own run's, and those of the ingest runs `nudge run` started for it.
@@ -122,8 +162,8 @@ def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                 deps=[evaluation_key(c)],
                 group_name="email",
                 owners=OWNERS,
-                description=(
-                    f"Emails of campaign {c.name} (template {c.template}), from the ledger."
+                **_switch(
+                    c, f"Emails of campaign {c.name} (template {c.template}), from the ledger."
                 ),
                 skippable=True,
             )

@@ -1,5 +1,6 @@
 """dbt models as Dagster assets (staging -> intermediate -> marts -> cohorts); tests as checks."""
 
+import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -9,10 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+    get_asset_key_for_model,
+)
 
 from nudge.asof import to_iso
-from nudge.warehouse import writer_lock
+from nudge.evaluation_lock import HeldLock, evaluation_lock, forget_builds, record_builds
+from nudge.settings import load_settings
+from nudge.warehouse import connect, writer_lock
 from orchestration.defs.runtime.instant import evaluation_instant
 from orchestration.defs.runtime.partitions import days
 from orchestration.defs.runtime.resources import NudgeResource
@@ -60,12 +69,33 @@ def dbt_as_of_env(as_of: datetime) -> dict[str, str]:
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
 )
 def nudge_dbt_models(
-    context: dg.AssetExecutionContext, dbt: DbtCliResource, nudge: NudgeResource
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    nudge: NudgeResource,
+    evaluation_lock: dg.ResourceParam[HeldLock],
 ) -> Iterator[Any]:
     settings = nudge.settings()
-    with writer_lock(settings), _environ(dbt_as_of_env(evaluation_instant(context))):
-        invocation = dbt.cli(dbt_build_args(), context=context)
-        yield from invocation.stream()
+    end = evaluation_instant(context)
+    # The run holds the evaluation lock (a resource spanning its steps) from before this build
+    # until its evaluations are recorded; the cohorts built here record their instant, which the
+    # evaluation checks.
+    evaluation_lock.check()
+    cohorts = _cohort_models()
+    selected = [m for m, key in cohorts.items() if key in context.selected_asset_keys]
+    with connect(settings) as wh:
+        forget_builds(wh, selected)
+    built: list[str] = []
+    try:
+        with writer_lock(settings), _environ(dbt_as_of_env(end)):
+            invocation = dbt.cli(dbt_build_args(), context=context)
+            for event in invocation.stream():
+                key = _materialized_key(context, event)
+                built += [m for m in selected if cohorts[m] == key]
+                yield event
+    finally:
+        if built:
+            with connect(settings) as wh:
+                record_builds(wh, built, end, context.run.run_id)
     keep_partial_parse(invocation.target_path, nudge_dbt_project.project_dir / "target")
     # Each invocation writes its own target folder; keep only failed ones (for debugging), or a
     # daily schedule grows the project folder without end.
@@ -105,6 +135,39 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _materialized_key(context: dg.AssetExecutionContext, event: Any) -> dg.AssetKey | None:
+    if isinstance(event, dg.Output):
+        return context.assets_def.keys_by_output_name.get(event.output_name)
+    if isinstance(event, dg.MaterializeResult):
+        return event.asset_key
+    return None
+
+
+def _cohort_models() -> dict[str, dg.AssetKey]:
+    """The models under models/cohorts/ (their tables hold one instant's members), by name."""
+    manifest = json.loads(nudge_dbt_project.manifest_path.read_text())
+    names = [
+        n["name"]
+        for n in manifest.get("nodes", {}).values()
+        if n.get("resource_type") == "model" and (n.get("fqn") or [None, None])[1] == "cohorts"
+    ]
+    return {name: get_asset_key_for_model([nudge_dbt_models], name) for name in names}
+
+
+@dg.resource(
+    config_schema={},
+    description="Held from a run's dbt build until its evaluations are recorded: one evaluation "
+    "at a time per warehouse (nudge.evaluation_lock).",
+)
+def evaluation_lock_resource(_: dg.InitResourceContext) -> Iterator[HeldLock]:
+    # A run's steps run in one process (in-process executor), so this is initialized once per
+    # run and torn down when the run ends, crash included (the OS or Postgres drops the lock).
+    with evaluation_lock(load_settings()) as held:
+        yield held
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(assets=[nudge_dbt_models])
+    return dg.Definitions(
+        assets=[nudge_dbt_models], resources={"evaluation_lock": evaluation_lock_resource}
+    )
