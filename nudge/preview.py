@@ -6,41 +6,57 @@ import json
 import re
 import subprocess
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from email_jobs.campaigns import Campaign
 from email_jobs.message import DeliveryResult
 from nudge.asof import parse_as_of, to_iso
+from nudge.evaluation_lock import evaluation_lock, forget_builds, record_builds
 from nudge.manifest import DBT_PROJECT_DIR, dbt_executable
 from nudge.settings import ConfigError, Settings
 from nudge.warehouse import connect, writer_lock
 
 
 def _build_cohort(settings: Settings, campaign: Campaign, as_of: str) -> None:
-    """Rebuild just the cohort model at another instant (its marts stay as they are)."""
+    """Rebuild just the cohort model at another instant (its marts stay as they are).
+
+    It rewrites the live cohort table, so it takes the evaluation lock (an evaluation under way
+    keeps its own instant's table) and records the instant it built, which a later evaluation of
+    another instant then refuses (nudge.evaluation_lock)."""
     end = parse_as_of(as_of)
-    with writer_lock(settings):
-        proc = subprocess.run(
-            [
-                dbt_executable(),
-                "run",
-                "--quiet",
-                "--select",
-                campaign.cohort,
-                "--project-dir",
-                str(DBT_PROJECT_DIR),
-                "--profiles-dir",
-                str(DBT_PROJECT_DIR),
-                "--vars",
-                json.dumps({"nudge_as_of": to_iso(end)}),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+    with evaluation_lock(settings):
+        with connect(settings) as wh:  # closed before dbt opens the (DuckDB) file
+            forget_builds(wh, [campaign.cohort])
+        with writer_lock(settings):
+            proc = _dbt_run(campaign, end)
+        if proc.returncode == 0:
+            with connect(settings) as wh:
+                record_builds(wh, [campaign.cohort], end, "nudge-preview")
     if proc.returncode != 0:
         raise RuntimeError(f"dbt run of {campaign.cohort} failed:\n{proc.stdout[-2000:]}")
+
+
+def _dbt_run(campaign: Campaign, end: datetime) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            dbt_executable(),
+            "run",
+            "--quiet",
+            "--select",
+            campaign.cohort,
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--vars",
+            json.dumps({"nudge_as_of": to_iso(end)}),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def member_row(settings: Settings, campaign: Campaign, entity: str | None) -> dict[str, Any]:
