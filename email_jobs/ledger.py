@@ -12,7 +12,16 @@ the same keys and inserts nothing new. States:
     skipped, sent, failed: final
 
 The claim is committed before the provider is called, so a crash leaves `claimed` rows behind;
-the next send run turns them into `unknown` (we cannot tell whether the provider got them).
+a later send run turns them into `unknown` (we cannot tell whether the provider got them).
+
+A claim carries its run (`claimed_by`) and a lease (`lease_expires_at`, NUDGE_SEND_LEASE_SECONDS
+from the claim) that the live run's heartbeat keeps extending. Only a claim whose lease expired
+was left by a dead run (`claimed --lease expired--> unknown | pending`); a live run's claims are
+never taken. Outcomes are recorded only where `claimed_by` is still the recording run, so a run
+whose lease was taken over never writes over the new owner's state. Expiry is compared with one
+clock: the Postgres server's, or this machine's on DuckDB (where the warehouse's writer lock
+already proves that no other sender is alive). A rejected credential or a cancelled run puts
+its claimed rows back to `pending` without counting an attempt.
 
 The frequency cap across campaigns is decided at the claim, from data: the claim stamps the row
 with the send run's evaluation instant (`sent_as_of`), and a recipient with as many rows
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -119,6 +129,10 @@ def outcome_after_delivery(
         return Outcome(State.FAILED, "permanent_error", error)
     if status == "unknown":
         return Outcome(State.UNKNOWN, "delivery_unknown", error)
+    if status == "credential":  # our credential, not this row: back to pending, not counted
+        return Outcome(State.PENDING, "credential_rejected", error)
+    if status == "cancelled":  # the run stopped before this row's delivery started
+        return Outcome(State.PENDING, "cancelled", error)
     if status != "retryable":
         raise ValueError(f"unknown delivery status {status!r}")
     if attempts_total >= max_total_attempts:
@@ -191,6 +205,8 @@ DDL: tuple[str, ...] = (
     """,
     # Ledgers created before the frequency cap.
     "alter table nudge.send_ledger add column if not exists sent_as_of timestamp",
+    # Ledgers created before leases: until when the claiming run is known to be alive.
+    "alter table nudge.send_ledger add column if not exists lease_expires_at timestamp",
     # Who a message was not sent to because they are suppressed: JSON [{"address", "role"}].
     "alter table nudge.send_ledger add column if not exists suppressed_recipients text",
     # Normalized, lower-cased addresses; source: `csv:suppressions/<file>`, `sendgrid:<list>`
@@ -212,9 +228,24 @@ DDL: tuple[str, ...] = (
 )
 
 
+_ADD_COLUMN = re.compile(
+    r"^\s*alter table (\w+)\.(\w+) add column if not exists (\w+)\b", re.IGNORECASE
+)
+
+
 def ensure_schema(wh: Warehouse) -> None:
+    """Create what is missing. On Postgres an `alter table ... add column if not exists` takes
+    the table's exclusive lock even when the column exists, and deadlocks with a concurrent
+    send run's reads: a column already there is not altered again."""
     with wh.transaction():
         for stmt in DDL:
+            added = _ADD_COLUMN.match(stmt) if wh.kind == "postgres" else None
+            if added and wh.fetchone(
+                "select 1 from information_schema.columns "
+                "where table_schema = ? and table_name = ? and column_name = ?",
+                list(added.groups()),
+            ):
+                continue
             wh.execute(stmt)
 
 
@@ -405,20 +436,55 @@ class ClaimedRow:
     attempts: int
 
 
+def db_utcnow(wh: Warehouse) -> datetime:
+    """Now, naive UTC, from the clock every run compares leases with: the Postgres server's (one
+    clock for every sending machine), or this machine's for DuckDB (one machine by design)."""
+    if wh.kind == "postgres":
+        row = wh.fetchone("select clock_timestamp() at time zone 'utc'")
+        assert row is not None
+        return row[0]
+    return utcnow()
+
+
 def recover_claims(wh: Warehouse, campaign: str, run_id: str, on_unknown: str) -> int:
-    """Rows left `claimed` by another run (one that died mid-send) become `unknown`, or go back
-    to `pending` when the campaign says `on_unknown: resend`. Returns how many."""
+    """Rows left `claimed` by a run that died mid-send become `unknown`, or go back to `pending`
+    when the campaign says `on_unknown: resend`. Returns how many.
+
+    A claim belongs to a dead run only when its lease has expired (a live run's heartbeat keeps
+    extending it, email_jobs.send). On DuckDB the caller holds the warehouse file's writer lock,
+    which no other live process can hold at the same time: every other run's claim is then a
+    dead run's, whatever its lease says (a crashed run's lease has not expired yet).
+    """
     target = recovered_state(on_unknown)
     check_transition(State.CLAIMED, target)
     reason = "resend_after_crash" if target == State.PENDING else "claimed_by_dead_run"
     with wh.transaction():
+        expired, params = "", []
+        if wh.kind != "duckdb":
+            expired = "and (lease_expires_at is null or lease_expires_at < ?)"
+            params = [db_utcnow(wh)]
         return affected_rows(
             wh,
-            """
-            update nudge.send_ledger set state = ?, reason = ?, updated_at = ?
+            f"""
+            update nudge.send_ledger
+            set state = ?, reason = ?, lease_expires_at = null, updated_at = ?
             where campaign = ? and state = 'claimed' and (claimed_by is null or claimed_by <> ?)
+              {expired}
             """,
-            [str(target), reason, utcnow(), campaign, run_id],
+            [str(target), reason, utcnow(), campaign, run_id, *params],
+        )
+
+
+def extend_leases(wh: Warehouse, run_id: str, lease_s: float) -> int:
+    """The heartbeat: this run's claimed rows stay its own for `lease_s` more seconds. Returns
+    how many rows it still holds."""
+    with wh.transaction():
+        until = db_utcnow(wh) + timedelta(seconds=lease_s)
+        return affected_rows(
+            wh,
+            "update nudge.send_ledger set lease_expires_at = ? "
+            "where state = 'claimed' and claimed_by = ?",
+            [until, run_id],
         )
 
 
@@ -472,6 +538,7 @@ def claim_for_send(
     as_of: datetime | None = None,
     max_per_recipient_per_day: int = 0,
     recorded: Sequence[Recorded] = (),
+    lease_s: float = 120.0,
 ) -> Claim:
     """Claim up to `limit` pending rows for this run, in one committed transaction (which also
     records `recorded`, a finished batch's outcomes: one commit per batch instead of two).
@@ -526,10 +593,10 @@ def claim_for_send(
                 f"""
                 update nudge.send_ledger
                 set state = 'claimed', claimed_by = ?, claimed_at = ?, sent_as_of = ?,
-                    updated_at = ?
+                    lease_expires_at = ?, updated_at = ?
                 where ledger_key in ({placeholders(len(take))}) and state = 'pending'
                 """,
-                [run_id, now, as_of, now, *take],
+                [run_id, now, as_of, db_utcnow(wh) + timedelta(seconds=lease_s), now, *take],
             )
         if defer:
             wh.execute(
@@ -617,6 +684,7 @@ def _record_rows(wh: Warehouse, run_id: str, results: Sequence[Recorded]) -> Non
                 sent_at = case when v.state = 'sent' then cast(? as timestamp) else null end,
                 sent_as_of = case when v.state in ('sent', 'unknown') then t.sent_as_of
                     else null end,
+                lease_expires_at = null,
                 updated_at = cast(? as timestamp)
             from (values {values}) as v(ledger_key, state, reason, attempts, error, message_id)
             where t.ledger_key = v.ledger_key and t.state = 'claimed' and t.claimed_by = ?

@@ -31,13 +31,20 @@ class DeliveryResult:
     sent: the provider accepted the message (provider_message_id when it gives one).
     retryable: try again later (429, 5xx, timeout, dropped connection); retry_after_s when the
         provider said how long to wait.
-    failed: permanent (400/401/403/413, invalid recipient); error holds the provider's own text.
+    failed: permanent (400/413, invalid recipient); error holds the provider's own text.
+    credential: the provider refused our credential (SendGrid 401/403, SMTP 530/535): nothing is
+        wrong with this message; the send run stops and the row stays pending. error is one
+        line naming the setting to fix, never its value.
     """
 
-    status: Literal["sent", "retryable", "failed"]
+    status: Literal["sent", "retryable", "failed", "credential"]
     provider_message_id: str | None = None
     error: str | None = None
     retry_after_s: float | None = None
+
+
+class CredentialError(Exception):
+    """The provider refused the configured credential: one line naming the setting to fix."""
 
 
 class Backend(Protocol):

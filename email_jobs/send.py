@@ -24,15 +24,17 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from email_jobs.backends import verify_backend
 from email_jobs.campaigns import Campaign
 from email_jobs.drips import step_campaign
 from email_jobs.faults import fault_point
@@ -44,13 +46,14 @@ from email_jobs.ledger import (
     claim_for_send,
     count_pending,
     ensure_schema,
+    extend_leases,
     outcome_after_delivery,
     record_outcomes,
     recover_claims,
     release_rows,
     state_counts,
 )
-from email_jobs.message import Backend, DeliveryResult, OutgoingEmail
+from email_jobs.message import Backend, CredentialError, DeliveryResult, OutgoingEmail
 from email_jobs.recipients import screen_claimed
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
@@ -124,6 +127,7 @@ class Delivery:
     result: DeliveryResult | None  # None: the backend raised (status unknown)
     attempts: int
     error: str | None
+    cancelled: bool = False  # the run stopped before this row's next attempt started
 
 
 def deliver_with_retries(
@@ -131,13 +135,23 @@ def deliver_with_retries(
     email: OutgoingEmail,
     *,
     max_attempts: int,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     rand: Callable[[], float] = random.random,
+    stop: threading.Event | None = None,
 ) -> Delivery:
-    """Attempt delivery up to `max_attempts` times, backing off between retryable failures."""
+    """Attempt delivery up to `max_attempts` times, backing off between retryable failures.
+
+    `stop` ends the row's work before any attempt not yet started, and cuts a backoff short
+    (the default wait is on it); a rejected credential sets it, so the run's other workers
+    stop too.
+    """
+    stop = stop or threading.Event()
+    wait = sleep or stop.wait
     attempts = 0
     last: DeliveryResult | None = None
     while attempts < max_attempts:
+        if stop.is_set():
+            return Delivery(last, attempts, last.error if last else None, cancelled=True)
         attempts += 1
         fault_point("before_send")
         try:
@@ -147,13 +161,15 @@ def deliver_with_retries(
             return Delivery(None, attempts, f"{type(exc).__name__}: {exc}")
         if last.status == "sent":
             fault_point("after_accept")
+        if last.status == "credential":
+            stop.set()
         if last.status != "retryable":
             return Delivery(last, attempts, last.error)
         if attempts >= max_attempts:
             break
         if last.retry_after_s is not None and last.retry_after_s > MAX_RETRY_AFTER_S:
             break
-        sleep(backoff_delay(attempts, last.retry_after_s, rand()))
+        wait(backoff_delay(attempts, last.retry_after_s, rand()))
     return Delivery(last, attempts, last.error if last else None)
 
 
@@ -186,15 +202,18 @@ def _attempt(
     settings: Settings,
     backend: Backend,
     max_attempts: int,
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], None] | None,
     rand: Callable[[], float],
+    stop: threading.Event | None = None,
 ) -> _Attempt:
     """Render and deliver one claimed row (in a worker thread)."""
+    if stop is not None and stop.is_set():  # the run is ending: leave the row for the next
+        return _Attempt(row, Delivery(None, 0, None, cancelled=True))
     email = _render_row(render, campaign, row, settings)
     if isinstance(email, str):  # a render error is permanent for this payload
         return _Attempt(row, None, email)
     delivery = deliver_with_retries(
-        backend, email, max_attempts=max_attempts, sleep=sleep, rand=rand
+        backend, email, max_attempts=max_attempts, sleep=sleep, rand=rand, stop=stop
     )
     return _Attempt(row, delivery)
 
@@ -210,6 +229,10 @@ def _recorded(attempt: _Attempt, max_total_attempts: int) -> Recorded:
     delivery = attempt.delivery
     total_attempts = row.attempts + delivery.attempts
     status = delivery.result.status if delivery.result else "unknown"
+    if delivery.cancelled:
+        status = "cancelled"
+    elif status == "credential":  # our credential was refused, not this row: not counted
+        total_attempts -= 1
     outcome = outcome_after_delivery(status, delivery.error, total_attempts, max_total_attempts)
     message_id = delivery.result.provider_message_id if delivery.result else None
     return Recorded(row.ledger_key, outcome, total_attempts, message_id)
@@ -224,6 +247,113 @@ def latest_evaluation_instant(wh: Warehouse, campaign: str) -> datetime | None:
     return row[0] if row else None
 
 
+# A lost Postgres connection is opened again this many times (waiting 0.5 s, 1 s, 2 s) to
+# record what finished; then the run ends and its unrecorded claims wait out their lease.
+RECONNECT_ATTEMPTS = 3
+
+
+class LeaseLost(RuntimeError):
+    """The run could not renew its claims' lease: another run may take them over soon."""
+
+
+def _connection_lost(wh: Warehouse, exc: BaseException) -> bool:
+    if wh.kind != "postgres":
+        return False  # a DuckDB file does not go away under an open connection
+    import psycopg2
+
+    return isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+
+
+class _Connection:
+    """The coordinator's warehouse connection, opened again (from the same factory) when the
+    server drops it; every ledger write is guarded by `claimed_by = run`, so a retried write
+    can never touch another run's rows."""
+
+    def __init__(self, open_wh: OpenWarehouse) -> None:
+        self._open = open_wh
+        self._stack = ExitStack()
+        self.wh: Warehouse = self._stack.enter_context(open_wh())
+
+    def __enter__(self) -> _Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def call(self, fn: Callable[[Warehouse], Any]) -> Any:
+        """fn(wh); on a lost connection, fn again on a fresh one (bounded)."""
+        for attempt in range(RECONNECT_ATTEMPTS + 1):
+            try:
+                return fn(self.wh)
+            except Exception as exc:
+                if attempt == RECONNECT_ATTEMPTS or not _connection_lost(self.wh, exc):
+                    raise
+                log.warning("the warehouse connection was lost (%s); reconnecting", exc)
+                threading.Event().wait(0.5 * 2**attempt)
+                self._reopen()
+        raise AssertionError("not reached")
+
+    def _reopen(self) -> None:
+        old, self._stack = self._stack, ExitStack()
+        try:
+            old.close()
+        except Exception:  # closing a dead connection may fail too
+            log.debug("closing the lost connection failed", exc_info=True)
+        try:
+            self.wh = self._stack.enter_context(self._open())
+        except Exception:
+            log.warning("reconnecting to the warehouse failed", exc_info=True)
+
+
+class _Heartbeat:
+    """Extends this run's claims' lease every quarter lease, on its own connection (Postgres).
+
+    On DuckDB there is none: the send holds the file's writer lock, so no other sender runs
+    (a second connection would wait for that lock), and a later run recovers every claim it
+    finds (email_jobs.ledger.recover_claims). When it cannot renew the lease for half a lease,
+    it sets `stop`: the run ends before another may take its claims over.
+    """
+
+    def __init__(
+        self, open_wh: OpenWarehouse, kind: str, run_id: str, lease_s: float,
+        stop: threading.Event,
+    ) -> None:  # fmt: skip
+        self._open, self._run_id, self._lease_s, self._stop = open_wh, run_id, lease_s, stop
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if kind == "postgres":
+            self._thread = threading.Thread(
+                target=self._beat, name=f"nudge-lease-{run_id}", daemon=True
+            )
+
+    def __enter__(self) -> _Heartbeat:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        renewed = time.monotonic()
+        with ExitStack() as stack:
+            wh: Warehouse | None = None
+            while not self._done.wait(self._lease_s / 4):
+                try:
+                    if wh is None:
+                        stack.close()
+                        wh = stack.enter_context(self._open())
+                    extend_leases(wh, self._run_id, self._lease_s)
+                    renewed = time.monotonic()
+                except Exception:
+                    log.warning("run %s: renewing its lease failed", self._run_id, exc_info=True)
+                    wh = None
+                    if time.monotonic() - renewed > self._lease_s / 2:
+                        self._stop.set()
+
+
 def send_campaign(
     open_wh: OpenWarehouse,
     campaign: Campaign,
@@ -236,13 +366,18 @@ def send_campaign(
     max_attempts_per_run: int = 4,
     batch_size: int | None = None,
     max_total_attempts: int = MAX_TOTAL_ATTEMPTS,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     rand: Callable[[], float] = random.random,
 ) -> SendReport:
     """Send the campaign's pending ledger rows through `backend` and record every outcome.
 
     `as_of` is the send run's evaluation instant, for the frequency cap (default: the campaign's
-    newest evaluation). Batches default to twice `settings.send_concurrency` rows.
+    newest evaluation). Batches default to twice `settings.send_concurrency` rows. `sleep`
+    (tests) replaces the backoff's wait, which by default the run's stop cuts short.
+
+    Raises CredentialError, after recording every outcome, when the provider refuses the
+    credential (checked before anything is claimed, and on every attempt); the rows it did not
+    send stay pending.
     """
     if render is None:
         from email_jobs.render import render_email
@@ -252,14 +387,18 @@ def send_campaign(
     if not campaign.enabled:  # sends nothing, not even rows left pending from before
         log.info("campaign %s is disabled: nothing sent", campaign.name)
         return report
+    verify_backend(backend)  # a refused credential stops here, before anything is claimed
     batch_size = batch_size or 2 * max(1, settings.send_concurrency)
+    stop = threading.Event()
     # One connection for the whole send: opening a DuckDB file costs tens of milliseconds (and
     # its close a checkpoint), which per batch capped the rate far below the provider's. On
-    # DuckDB this holds the writer lock until the campaign's send ends.
-    with open_wh() as wh:
-        _send_all(wh, campaign, backend, settings, run_id, report, as_of, batch_size, render,
-                  max_attempts_per_run, max_total_attempts, sleep, rand)  # fmt: skip
-        after = state_counts(wh, campaign.name)
+    # DuckDB this holds the writer lock until the campaign's send ends. Lost (Postgres), it is
+    # opened again to record what finished.
+    with _Connection(open_wh) as conn, _Heartbeat(open_wh, conn.wh.kind, run_id,
+                                                  settings.send_lease_seconds, stop):  # fmt: skip
+        _send_all(conn, campaign, backend, settings, run_id, report, as_of, batch_size, render,
+                  max_attempts_per_run, max_total_attempts, sleep, rand, stop)  # fmt: skip
+        after = conn.call(lambda wh: state_counts(wh, campaign.name))
     report.unknown = after.get(State.UNKNOWN, 0)
     report.held = after.get(State.HELD, 0)
     report.pending_left = after.get(State.PENDING, 0)
@@ -268,7 +407,7 @@ def send_campaign(
 
 
 def _send_all(
-    wh: Warehouse,
+    conn: _Connection,
     campaign: Campaign,
     backend: Backend,
     settings: Settings,
@@ -279,11 +418,18 @@ def _send_all(
     render: RenderFn,
     max_attempts_per_run: int,
     max_total_attempts: int,
-    sleep: Callable[[float], None],
+    sleep: Callable[[float], None] | None,
     rand: Callable[[], float],
+    stop: threading.Event,
 ) -> None:
     """Recover dead runs' claims, then claim, deliver (in the pool) and record until no pending
-    row is left for this run; at most MAX_BATCHES_IN_FLIGHT batches claimed and unrecorded."""
+    row is left for this run; at most MAX_BATCHES_IN_FLIGHT batches claimed and unrecorded.
+
+    `stop` (a refused credential, a lost lease) ends the claiming; the batches in flight are
+    recorded, their rows not yet started going back to pending."""
+    wh = conn.wh
+    lease_s = settings.send_lease_seconds
+    refused: list[str] = []  # the credential error, one line
     workers = max(1, settings.send_concurrency)
     cap = max(0, settings.max_emails_per_recipient_per_day)
     ensure_schema(wh)
@@ -307,31 +453,44 @@ def _send_all(
         )
     in_flight: deque[list[Future[_Attempt]]] = deque()
     exhausted = False
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nudge-send") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nudge-send")
+    try:
         while in_flight or not exhausted:
+            if stop.is_set():
+                exhausted = True  # claim nothing more; record what is in flight
             done: list[_Attempt] = []
             if in_flight and (exhausted or len(in_flight) >= MAX_BATCHES_IN_FLIGHT):
                 done = [f.result() for f in in_flight.popleft()]
+            refused += [
+                a.delivery.error or "the provider refused the credential"
+                for a in done
+                if a.delivery and a.delivery.result and a.delivery.result.status == "credential"
+            ]
             recorded = [_recorded(a, max_total_attempts) for a in done]
             claimed: list[ClaimedRow] = []
             if recorded:
                 fault_point("before_record")
             if recorded and exhausted:
-                record_outcomes(wh, run_id, recorded)
+                conn.call(lambda w, recorded=recorded: record_outcomes(w, run_id, recorded))
+                wh = conn.wh
                 fault_point("after_record")
             # Otherwise the outcomes are committed with the next claim, in one transaction.
             to_record = [] if exhausted else recorded
             while not exhausted and not claimed:
                 fault_point("before_claim")
-                claim = claim_for_send(
-                    wh,
-                    campaign.name,
-                    run_id,
-                    batch_size,
-                    as_of=as_of,
-                    max_per_recipient_per_day=cap,
-                    recorded=to_record,
+                claim = conn.call(
+                    lambda w, to_record=to_record: claim_for_send(
+                        w,
+                        campaign.name,
+                        run_id,
+                        batch_size,
+                        as_of=as_of,
+                        max_per_recipient_per_day=cap,
+                        recorded=to_record,
+                        lease_s=lease_s,
+                    )
                 )
+                wh = conn.wh
                 if to_record:
                     fault_point("after_record")
                 to_record = []
@@ -361,6 +520,7 @@ def _send_all(
                             max(1, min(max_attempts_per_run, max_total_attempts - row.attempts)),
                             sleep,
                             rand,
+                            stop,
                         )
                         for row in claimed
                     ]
@@ -377,6 +537,19 @@ def _send_all(
                     report.deferred,
                     report.delivery_unknown,
                 )
+    except BaseException:
+        # Ending on an error: no attempt starts any more and no backoff is waited out.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if refused:
+        raise CredentialError(refused[0])
+    if stop.is_set():
+        raise LeaseLost(
+            f"campaign {campaign.name}: run {run_id} could not renew its claims' lease; it "
+            "stopped, and a later run sends what is left"
+        )
 
 
 def _count(report: SendReport, r: Recorded) -> None:

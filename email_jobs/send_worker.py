@@ -30,6 +30,7 @@ from pathlib import Path
 
 from email_jobs.backends import make_backend
 from email_jobs.campaigns import Campaign, load_campaigns
+from email_jobs.message import CredentialError
 from email_jobs.send import send_campaign
 from nudge.asof import parse_as_of
 from nudge.manifest import MANIFEST
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = args.run_id or f"send-worker-{uuid.uuid4().hex[:12]}"
     backend = make_backend(settings)
     try:
-        for campaign in campaigns:
+        for campaign in campaigns:  # each verifies the credential before claiming anything
             report = send_campaign(
                 lambda: connect(settings),
                 campaign,
@@ -110,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 batch_size=args.batch_size,
             )
             print(json.dumps(report.metadata(), default=str), flush=True)  # noqa: T201
+    except CredentialError as exc:  # the rows stay pending for a run with a good credential
+        print(f"send_worker: {exc}", file=sys.stderr)  # noqa: T201 - one line, no secret
+        return 3
     finally:
         backend.close()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import smtplib
 import socket
 import tempfile
 from pathlib import Path
@@ -48,4 +49,33 @@ def check_ready(settings: Settings, *, need_landing: bool = True) -> None:
                 f"NUDGE_SMTP_HOST/NUDGE_SMTP_PORT: cannot reach {settings.smtp_host}:"
                 f"{settings.smtp_port} ({exc.strerror or exc}); check the relay's address"
             ) from None
+    check_credentials(settings)
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home.resolve()))
+
+
+def check_credentials(settings: Settings) -> None:
+    """Before anything is claimed: the provider accepts our credential (SendGrid: the key's
+    scopes include mail.send; SMTP: connect, TLS as configured, log in). One line, no secret."""
+    if settings.email_backend not in ("smtp", "sendgrid"):
+        return
+    from email_jobs.backends import make_backend, verify_backend
+    from email_jobs.message import CredentialError
+
+    backend = make_backend(settings)
+    try:
+        verify_backend(backend)
+    except CredentialError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        what = (
+            "NUDGE_SENDGRID_HOST/SENDGRID_API_KEY"
+            if settings.email_backend == "sendgrid"
+            else "NUDGE_SMTP_HOST/NUDGE_SMTP_PORT/NUDGE_SMTP_TLS/NUDGE_SMTP_CA_FILE"
+        )
+        detail = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"{what}: could not verify the {settings.email_backend} credential "
+            f"({type(exc).__name__}: {detail}); check the provider's address and TLS settings"
+        ) from None
+    finally:
+        backend.close()

@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     smtp_port: int = 25
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_starttls: bool = False
+    # starttls | implicit | none; unset: starttls with a password, else none (`smtp_tls_mode`).
+    smtp_tls: Literal["starttls", "implicit", "none"] | None = None
+    smtp_starttls: bool | None = None  # the older switch: true = starttls, false = none
+    smtp_ca_file: Path | None = None  # CA bundle to verify the relay with (default: the system's)
 
     sendgrid_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("SENDGRID_API_KEY", "sendgrid_api_key")
@@ -118,6 +121,9 @@ class Settings(BaseSettings):
     duckdb_memory_limit: str = "2GB"
     daily_cron: str = "0 6 * * *"
     send_concurrency: int = 8
+    # A send run's claim is its own for this long unless its heartbeat (every quarter of it)
+    # extends it; only an expired claim counts as left by a crashed run (email_jobs.ledger).
+    send_lease_seconds: float = Field(default=120.0, ge=4)
     unsubscribe_url: str = "https://example.com/unsubscribe?c={campaign}&e={entity}"
 
     @field_validator("email_backend")
@@ -131,9 +137,34 @@ class Settings(BaseSettings):
     def warehouse_url(self) -> WarehouseUrl:
         return WarehouseUrl(self.warehouse)
 
+    @property
+    def smtp_tls_mode(self) -> Literal["starttls", "implicit", "none"]:
+        """NUDGE_SMTP_TLS, else the NUDGE_SMTP_STARTTLS alias, else starttls with a password."""
+        if self.smtp_tls is not None:
+            return self.smtp_tls
+        if self.smtp_starttls is not None:
+            return "starttls" if self.smtp_starttls else "none"
+        return "starttls" if self.smtp_password else "none"
+
+    def _check_smtp(self) -> None:
+        """SMTP never authenticates over a plain connection."""
+        if self.smtp_tls_mode != "none" or not (self.smtp_user or self.smtp_password):
+            return
+        if self.smtp_tls is None and self.smtp_starttls is False:
+            raise ConfigError(
+                "NUDGE_SMTP_STARTTLS=false with NUDGE_SMTP_USER/NUDGE_SMTP_PASSWORD would send the "
+                "password in clear; set NUDGE_SMTP_TLS=starttls (or implicit, port 465)"
+            )
+        raise ConfigError(
+            "NUDGE_SMTP_TLS=none with NUDGE_SMTP_USER/NUDGE_SMTP_PASSWORD would send the password "
+            "in clear; set NUDGE_SMTP_TLS=starttls (or implicit, port 465), or unset the login"
+        )
+
     def check(self) -> Settings:
         """Raise ConfigError for settings that cannot work, before any work starts."""
         _ = self.warehouse_url
+        if self.email_backend == "smtp":
+            self._check_smtp()
         if self.email_backend == "sendgrid" and not self.sendgrid_api_key:
             raise ConfigError(
                 "NUDGE_EMAIL_BACKEND=sendgrid needs SENDGRID_API_KEY: create an API key with "

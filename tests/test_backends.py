@@ -22,7 +22,7 @@ from email_jobs.backends import make_backend
 from email_jobs.backends.outbox import OutboxBackend
 from email_jobs.backends.sendgrid import SendGridBackend, mail_send_payload
 from email_jobs.backends.smtp import SmtpBackend
-from email_jobs.message import OutgoingEmail
+from email_jobs.message import CredentialError, OutgoingEmail
 from nudge.settings import Settings
 
 try:
@@ -325,10 +325,25 @@ def test_sendgrid_bad_request_fails_with_sendgrids_text(fake_sg: FakeSendGrid) -
     assert fake_sg.messages == []
 
 
-def test_sendgrid_wrong_key_fails(fake_sg: FakeSendGrid) -> None:
-    result = sg_backend(fake_sg, api_key="SG.wrong").send(make_email())
-    assert result.status == "failed"
-    assert "authorization grant is invalid" in (result.error or "")
+def test_sendgrid_wrong_key_is_a_credential_problem_not_the_messages(
+    fake_sg: FakeSendGrid,
+) -> None:
+    result = sg_backend(fake_sg, api_key="SG.wrong-secret").send(make_email())
+    assert result.status == "credential"  # was "failed": a final state for the row
+    assert result.error is not None and result.error.startswith("SENDGRID_API_KEY: ")
+    assert "authorization grant is invalid" in result.error
+    assert "SG.wrong-secret" not in result.error and "\n" not in result.error
+
+
+def test_sendgrid_verify_reads_the_keys_scopes(fake_sg: FakeSendGrid) -> None:
+    sg_backend(fake_sg).verify()  # the right key, with mail.send
+    with pytest.raises(CredentialError, match=r"^SENDGRID_API_KEY: SendGrid refused") as bad:
+        sg_backend(fake_sg, api_key="SG.wrong-secret").verify()
+    assert "SG.wrong-secret" not in str(bad.value)
+    fake_sg.scopes = ["suppression.read"]
+    with pytest.raises(CredentialError, match=r"lacks the mail\.send permission"):
+        sg_backend(fake_sg).verify()
+    assert [r.path for r in fake_sg.requests] == []  # no mail send was tried
 
 
 def test_sendgrid_payload_too_large_fails() -> None:
@@ -449,29 +464,3 @@ def test_fake_sendgrid_as_a_process(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
-
-
-def test_smtp_login() -> None:
-    from aiosmtpd.smtp import AuthResult
-
-    def authenticator(server, session, envelope, mechanism, auth_data):
-        ok = auth_data.login == b"nudge" and auth_data.password == b"s3cret"
-        return AuthResult(success=ok, handled=False)  # not handled: aiosmtpd answers 535
-
-    handler = RecordingHandler()
-    controller = PortZeroController(
-        handler, hostname="127.0.0.1", port=0, authenticator=authenticator,
-        auth_require_tls=False,
-    )  # fmt: skip
-    controller.start()
-    try:
-        good = SmtpBackend("127.0.0.1", controller.port, user="nudge", password="s3cret")
-        assert good.send(make_email()).status == "sent"
-        good.close()
-        bad = SmtpBackend("127.0.0.1", controller.port, user="nudge", password="wrong")
-        result = bad.send(make_email())
-        assert result.status == "failed"
-        assert result.error is not None and "535" in result.error
-    finally:
-        controller.stop()
-    assert len(handler.envelopes) == 1

@@ -22,6 +22,7 @@ from test_send_loop import (  # ledger fixtures of the send-loop tests
 
 from email_jobs.backends.sendgrid import SendGridBackend
 from email_jobs.ledger import claim_batch
+from email_jobs.message import CredentialError
 from email_jobs.render import render_email
 from email_jobs.send import MAX_RETRY_AFTER_S, backoff_delay, send_campaign
 from email_jobs.status import collect_status
@@ -126,9 +127,6 @@ def test_a_timeout_is_retried_though_sendgrid_may_have_taken_it(open_wh, sg, set
     [
         (Fault(400, {}, {"errors": [{"message": "Invalid from", "field": "from"}]}),
          "SendGrid 400: Invalid from (field: from)"),
-        (Fault(401, {}, {"errors": [{"message": "Bad key"}]}), "SendGrid 401: Bad key"),
-        (Fault(403, {}, {"errors": [{"message": "access forbidden"}]}),
-         "SendGrid 403: access forbidden"),
         (Fault.too_large(), "SendGrid 413: The JSON payload you have included in your request "
          "is too large."),
     ],
@@ -218,3 +216,40 @@ def test_on_unknown_resend_sends_a_dead_runs_claims_again(open_wh, sg, settings,
         "hello|a|2026-01-01T00:00:00Z|0": 2,  # the rare duplicate the policy accepts
         "hello|b|2026-01-01T00:00:00Z|0": 1,
     }
+
+
+def test_a_refused_key_stops_the_run_and_leaves_the_rows_pending(open_wh, sg, settings, templates):  # noqa: F811
+    """A key revoked mid-run (401 on the second message): the run stops at once with one line
+    naming SENDGRID_API_KEY, nothing more is tried, the rows not sent stay pending with no
+    attempt counted; the next run sends each exactly once. (Before: failed(permanent_error),
+    final, for every row that met the 401: the backlog burned.)"""
+    add_pending(open_wh, ["a", "b", "c", "d", "e"])
+    sg.fail_next(Fault(), Fault(401, {}, {"errors": [{"message": "revoked"}]}))
+    serial = settings.model_copy(update={"send_concurrency": 1})
+    with pytest.raises(CredentialError) as stopped:
+        send(open_wh, sg, serial, templates, batch_size=2)
+    assert str(stopped.value) == (
+        "SENDGRID_API_KEY: SendGrid refused the API key (SendGrid 401: revoked); set a valid key "
+        "with the mail.send permission"
+    )
+    assert API_KEY not in str(stopped.value)
+    mail_sends = [r for r in sg.requests if r.path == "/v3/mail/send"]
+    assert len(mail_sends) == 2  # the accepted one and the refused one: then nothing
+    states = {e: (r["state"], r["attempts"]) for e, r in rows(open_wh).items()}
+    assert states == {"a": ("sent", 1), "b": ("pending", 0), "c": ("pending", 0),
+                      "d": ("pending", 0), "e": ("pending", 0)}  # fmt: skip
+    report = send(open_wh, sg, settings, templates)
+    assert report.sent == 4
+    assert accepted_keys(sg) == Counter({k: 1 for k in accepted_keys(sg)})
+    assert len(accepted_keys(sg)) == 5
+    assert {r["state"] for r in rows(open_wh).values()} == {"sent"}
+
+
+def test_a_wrong_key_is_refused_before_anything_is_claimed(open_wh, sg, settings, templates):  # noqa: F811
+    add_pending(open_wh, ["a", "b"])
+    backend = SendGridBackend("SG.not-the-key", host=sg.url)
+    with pytest.raises(CredentialError, match=r"^SENDGRID_API_KEY: "):
+        send_campaign(open_wh, CAMPAIGN, backend, settings, "run-wrong-key",
+                      render=functools.partial(render_email, templates_dir=templates))  # fmt: skip
+    assert {(r["state"], r["claimed_by"]) for r in rows(open_wh).values()} == {("pending", None)}
+    assert sg.requests == []  # no mail send was tried

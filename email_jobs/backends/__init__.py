@@ -23,3 +23,11 @@ def make_backend(settings: Settings) -> Backend:
     raise ConfigError(
         f"NUDGE_EMAIL_BACKEND={settings.email_backend!r}: use outbox, smtp or sendgrid"
     )
+
+
+def verify_backend(backend: Backend) -> None:
+    """The backend's own credential check (SendGrid: the key's scopes; SMTP: TLS and login),
+    where it has one; raises email_jobs.message.CredentialError when the provider refuses it."""
+    verify = getattr(backend, "verify", None)
+    if verify is not None:
+        verify()

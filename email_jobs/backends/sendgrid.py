@@ -19,7 +19,7 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from email_jobs.backends.mime import clean_header_value
-from email_jobs.message import DeliveryResult, OutgoingEmail
+from email_jobs.message import CredentialError, DeliveryResult, OutgoingEmail
 from nudge.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,18 @@ _RESERVED_HEADERS = frozenset(
         "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc", "bcc",
     }
 )  # fmt: skip
-_PERMANENT = frozenset({400, 401, 403, 404, 405, 413, 415})
+_PERMANENT = frozenset({400, 404, 405, 413, 415})
+# Our key, not the message: the run stops and the rows stay pending (email_jobs.send).
+_CREDENTIAL = frozenset({401, 403})
+REQUIRED_SCOPE = "mail.send"
+
+
+def credential_text(status: int, body: bytes | str | None) -> str:
+    """One line naming the setting to fix; SendGrid's words, never the key."""
+    return (
+        f"SENDGRID_API_KEY: SendGrid refused the API key ({sendgrid_error_text(status, body)}); "
+        f"set a valid key with the {REQUIRED_SCOPE} permission"
+    )
 
 
 def _address(value: str) -> dict[str, str]:
@@ -189,12 +200,34 @@ class SendGridBackend:
             return DeliveryResult(
                 status="retryable", error=error, retry_after_s=retry_after_seconds(headers)
             )
+        if status in _CREDENTIAL:
+            return DeliveryResult(status="credential", error=credential_text(status, body))
         if status in _PERMANENT:
             return DeliveryResult(status="failed", error=error)
         # 5xx and anything unexpected: SendGrid's guidance is to retry later.
         return DeliveryResult(
             status="retryable", error=error, retry_after_s=retry_after_seconds(headers)
         )
+
+    def verify(self) -> None:
+        """Preflight: an authenticated read of the key's scopes (GET /v3/scopes); raises
+        CredentialError unless SendGrid accepts the key and it may send mail. Unreachable:
+        raises OSError (a retryable outage is not a credential problem)."""
+        try:
+            response = self._client().client.scopes.get()
+        except HTTPError as exc:
+            if exc.status_code in _CREDENTIAL:
+                raise CredentialError(credential_text(exc.status_code, exc.body)) from None
+            raise OSError(sendgrid_error_text(exc.status_code, exc.body)) from None
+        try:
+            scopes = json.loads(response.body or b"{}").get("scopes") or []
+        except (ValueError, AttributeError):
+            scopes = []
+        if REQUIRED_SCOPE not in scopes:
+            raise CredentialError(
+                f"SENDGRID_API_KEY: the API key lacks the {REQUIRED_SCOPE} permission; give it "
+                "Mail Send access in SendGrid (Settings > API Keys)"
+            )
 
     def close(self) -> None:
         self._local = threading.local()

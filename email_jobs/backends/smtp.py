@@ -3,6 +3,11 @@
 Connections are pooled: a send borrows an idle connection (or opens one) and returns it when the
 server is still talking, so one connection serves many messages and a small thread pool gets
 one connection per worker. A connection that fails is dropped and the next send opens a new one.
+
+TLS (NUDGE_SMTP_TLS): `starttls` upgrades the connection before anything else and fails when the
+relay does not offer it; `implicit` speaks TLS from the first byte (SMTP_SSL, port 465); `none`
+never authenticates. Certificates and host names are verified (the system's CAs, or
+NUDGE_SMTP_CA_FILE). A refused login (530/535) is a credential problem, not the message's.
 """
 
 from __future__ import annotations
@@ -13,12 +18,23 @@ import smtplib
 import ssl
 
 from email_jobs.backends.mime import all_recipients, build_message, envelope_sender
-from email_jobs.message import DeliveryResult, OutgoingEmail
-from nudge.settings import Settings
+from email_jobs.message import CredentialError, DeliveryResult, OutgoingEmail
+from nudge.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0
+TLS_MODES = ("starttls", "implicit", "none")
+# Authentication required / credentials invalid: fix the login, not the message.
+_CREDENTIAL_CODES = frozenset({530, 535})
+
+
+def credential_text(code: int, reply: bytes | str) -> str:
+    """One line naming the settings to fix; the relay's words, never the password."""
+    return (
+        f"NUDGE_SMTP_USER/NUDGE_SMTP_PASSWORD: the SMTP relay refused the login "
+        f"({_reply_text(code, reply)}); set a valid user and password"
+    )
 
 
 def _reply_text(code: int, reply: bytes | str) -> str:
@@ -49,12 +65,22 @@ class SmtpBackend:
         *,
         user: str | None = None,
         password: str | None = None,
-        starttls: bool = False,
+        tls: str | None = None,
+        ca_file: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        tls = tls or ("starttls" if password else "none")
+        if tls not in TLS_MODES:
+            raise ConfigError(f"NUDGE_SMTP_TLS={tls!r}: use starttls, implicit or none")
+        if tls == "none" and (user or password):
+            raise ConfigError(
+                "NUDGE_SMTP_TLS=none with NUDGE_SMTP_USER/NUDGE_SMTP_PASSWORD would send the "
+                "password in clear; set NUDGE_SMTP_TLS=starttls or implicit"
+            )
         self.host, self.port = host, port
         self.user, self.password = user, password
-        self.starttls, self.timeout = starttls, timeout
+        self.tls, self.timeout = tls, timeout
+        self._context = ssl.create_default_context(cafile=ca_file)  # verifies cert and host
         self._idle: queue.SimpleQueue[smtplib.SMTP] = queue.SimpleQueue()
 
     @classmethod
@@ -65,22 +91,40 @@ class SmtpBackend:
             settings.smtp_port,
             user=settings.smtp_user,
             password=password,
-            starttls=settings.smtp_starttls,
+            tls=settings.smtp_tls_mode,
+            ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
         )
 
     def _open(self) -> smtplib.SMTP:
-        conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        if self.tls == "implicit":
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=self._context
+            )
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         try:
             conn.ehlo()
-            if self.starttls:
-                conn.starttls(context=ssl.create_default_context())
+            if self.tls == "starttls":
+                # Raises SMTPNotSupportedError when the relay does not offer it: never go on
+                # in clear.
+                conn.starttls(context=self._context)
                 conn.ehlo()
             if self.user:
                 conn.login(self.user, self.password or "")
+        except smtplib.SMTPResponseException as exc:
+            _quietly_close(conn)
+            if exc.smtp_code in _CREDENTIAL_CODES:
+                raise CredentialError(credential_text(exc.smtp_code, exc.smtp_error)) from None
+            raise
         except BaseException:
             _quietly_close(conn)
             raise
         return conn
+
+    def verify(self) -> None:
+        """Preflight: connect, TLS as configured, log in; the connection then serves the first
+        send. Raises CredentialError for a refused login, OSError/SMTPException otherwise."""
+        self._idle.put(self._open())
 
     def _borrow(self) -> smtplib.SMTP:
         while True:
@@ -105,7 +149,10 @@ class SmtpBackend:
         conn: smtplib.SMTP | None = None
         keep = False
         try:
-            conn = self._borrow()
+            try:
+                conn = self._borrow()
+            except CredentialError as exc:
+                return DeliveryResult(status="credential", error=str(exc))
             refused = conn.send_message(
                 msg, from_addr=envelope_sender(email.from_addr), to_addrs=recipients
             )
@@ -118,6 +165,10 @@ class SmtpBackend:
             return DeliveryResult(status=status, error=f"recipients refused: {detail}")
         except smtplib.SMTPResponseException as exc:  # sender refused, DATA refused, auth, 421...
             keep = exc.smtp_code != 421  # 421: the server is closing the channel
+            if exc.smtp_code in _CREDENTIAL_CODES:  # e.g. 530 at MAIL FROM: a login is needed
+                return DeliveryResult(
+                    status="credential", error=credential_text(exc.smtp_code, exc.smtp_error)
+                )
             return _classify_reply(exc.smtp_code, exc.smtp_error, type(exc).__name__)
         except (smtplib.SMTPException, OSError) as exc:  # refused/dropped connection, timeout
             return DeliveryResult(

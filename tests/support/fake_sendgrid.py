@@ -13,7 +13,13 @@ As a process (for tests that SIGKILL a real `nudge run` against it):
     # prints the port on its first line, then serves until killed
 
 A separate process is driven over HTTP: GET /_fake/messages, POST /_fake/faults (a JSON list of
-Fault fields), POST /_fake/suppressions ({"bounces": [...], ...}), POST /_fake/reset.
+Fault fields), POST /_fake/suppressions ({"bounces": [...], ...}), POST /_fake/reset,
+POST /_fake/delay ({"delay_s": 0.5}: every mail send answers that much later), POST /_fake/gate
+({"closed": true}: mail sends wait until it opens again), GET /_fake/waiting (how many wait at
+the gate), POST /_fake/key ({"api_key": ...}: the key it accepts from now on).
+
+GET /v3/scopes answers the key's scopes (`scopes`, default mail.send and the suppression reads),
+401 for a wrong key: what preflight reads.
 
 What it checks of a mail send: the Bearer key (401 otherwise), the JSON shape SendGrid insists on
 (personalizations with `to`, from, subject, content, unique recipients, string custom_args, at
@@ -226,9 +232,15 @@ class FakeSendGrid:
         port: int = 0,
         record_path: Path | None = None,
         max_body_bytes: int = 30 * 1024 * 1024,
+        scopes: tuple[str, ...] = ("mail.send", "suppression.read"),
     ) -> None:
         self.api_key = api_key
+        self.scopes = list(scopes)
         self.delay_s = delay_s  # every mail-send answer waits this long
+        # Closed: mail sends wait here (counted in `waiting`) until it opens.
+        self._gate = threading.Event()
+        self._gate.set()
+        self.waiting = 0
         self.record_path = Path(record_path) if record_path else None
         self.max_body_bytes = max_body_bytes
         self.messages: list[dict[str, Any]] = []  # accepted mail-send bodies, in order
@@ -265,6 +277,25 @@ class FakeSendGrid:
                 if name not in self.suppressions:
                     raise ValueError(f"unknown suppression list {name!r}")
                 self.suppressions[name] = list(entries)
+
+    def close_gate(self) -> None:
+        """Mail sends from now on wait (unanswered) until `open_gate`."""
+        self._gate.clear()
+
+    def open_gate(self) -> None:
+        self._gate.set()
+
+    def _pass_gate(self) -> None:
+        if self._gate.is_set():
+            return
+        with self._lock:
+            self.waiting += 1
+        try:
+            while not self._gate.wait(0.05) and not self._stopping.is_set():
+                pass
+        finally:
+            with self._lock:
+                self.waiting -= 1
 
     def reset(self) -> None:
         with self._lock:
@@ -345,6 +376,16 @@ def _make_handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
+            if url.path == "/_fake/waiting":
+                with fake._lock:
+                    self._send_json(200, {"waiting": fake.waiting})
+                return
+            if url.path.rstrip("/") == "/v3/scopes":
+                if not self._authorized():
+                    self._send_json(401, _errors(UNAUTHORIZED))
+                else:
+                    self._send_json(200, {"scopes": list(fake.scopes)})
+                return
             if url.path == "/_fake/messages":
                 with fake._lock:
                     data = [
@@ -385,6 +426,7 @@ def _make_handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
                 body: Any = json.loads(raw) if raw else None
             except ValueError:
                 body = raw.decode("utf-8", "replace")
+            fake._pass_gate()
             fault = fake._next_fault()
             fake._wait(fake.delay_s + (fault.delay_s if fault else 0.0))
             if fault is not None and fault.drop:
@@ -427,6 +469,12 @@ def _make_handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
                 fake.set_suppressions(**(data or {}))
             elif path == "/_fake/reset":
                 fake.reset()
+            elif path == "/_fake/delay":
+                fake.delay_s = float((data or {}).get("delay_s", 0.0))
+            elif path == "/_fake/gate":
+                (fake.close_gate if (data or {}).get("closed") else fake.open_gate)()
+            elif path == "/_fake/key":
+                fake.api_key = str((data or {})["api_key"])
             else:
                 self._send_json(404, _errors("unknown control path"))
                 return
