@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench lock clean
+.PHONY: install demo test test-fast lint bench lock runtime-lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Nudge needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
@@ -40,6 +40,17 @@ lock:
 	{ echo "# Locked dependency set (pip freeze of a clean install of pyproject's pins + dev extras)."; \
 	  echo "# Regenerate: make lock"; \
 	  .venv-lock/bin/pip freeze --exclude-editable | grep -vi '^nudge=='; } > requirements.lock
+	rm -rf .venv-lock
+	$(MAKE) runtime-lock
+
+# The production images' lock: pyproject's runtime dependencies only (no dev extras), at the
+# versions of requirements.lock, each with its files' hashes (pip install --require-hashes).
+runtime-lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet pip-tools==7.4.1
+	CUSTOM_COMPILE_COMMAND="make lock" .venv-lock/bin/pip-compile --quiet --generate-hashes \
+	  --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  -c requirements.lock -o requirements.runtime.lock pyproject.toml
 	rm -rf .venv-lock
 
 clean:

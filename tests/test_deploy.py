@@ -184,7 +184,9 @@ def test_user_code_image_installs_the_lock_and_builds_the_manifest() -> None:
     steps = dockerfile(path)
     assert steps[0] == ("FROM", "python:3.11-slim")
     runs = [args for op, args in steps if op == "RUN"]
-    assert any("pip install -r requirements.lock" in r for r in runs)
+    assert any(
+        "pip install --require-hashes --no-deps -r requirements.runtime.lock" in r for r in runs
+    )
     assert any("pip install --no-deps -e ." in r for r in runs)
     assert any("dbt parse" in r and "--project-dir dbt_project" in r for r in runs)
     # Whatever the image copies, its .dockerignore lets into the build context.
@@ -205,11 +207,61 @@ def test_dagster_image_pins_dagster_as_pyproject_does_and_holds_no_user_code() -
     steps = dockerfile(DOCKER / "Dockerfile.dagster")
     assert steps[0] == ("FROM", "python:3.11-slim")
     install = " ".join(args for op, args in steps if op == "RUN" and "pip install" in args)
+    assert "--require-hashes --no-deps -r /tmp/requirements.runtime.lock" in install
+    runtime = lock_pins(REPO / "requirements.runtime.lock")
     for package in ("dagster", "dagster-webserver", "dagster-postgres"):
-        assert pins[package] in install.split(), package
+        assert f"{package}=={runtime[package]}" == pins[package], package
     copied = " ".join(args for op, args in steps if op == "COPY")
     for package in ("nudge", "email_jobs", "orchestration", "dbt_project"):
         assert package not in copied
+
+
+DEV_TOOLS = ("pytest", "hypothesis", "aiosmtpd", "ruff", "playwright", "pip-tools")
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    """name -> version of a pip lock file (names normalized)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line)
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def test_runtime_lock_pins_every_requirement_with_hashes_and_no_dev_tool() -> None:
+    path = REPO / "requirements.runtime.lock"
+    # One requirement a logical line (continuations joined), comments dropped.
+    text = re.sub(r"\\\n", " ", path.read_text())
+    requirements = [
+        ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    assert requirements
+    for req in requirements:
+        assert re.match(r"^[A-Za-z0-9_.\-]+==\S+ ", req), req
+        assert "--hash=sha256:" in req, f"no hash: {req.split()[0]}"
+    runtime, dev = lock_pins(path), lock_pins(REPO / "requirements.lock")
+    assert not [p for p in runtime if p.startswith(DEV_TOOLS)], sorted(runtime)
+    # The images run the versions `make install` and the tests run.
+    assert {p: v for p, v in runtime.items() if dev.get(p) != v} == {}
+    direct = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in direct:
+        name = re.split(r"[=<>]", dep)[0].lower()
+        assert name in runtime, name
+
+
+def test_images_install_only_the_hashed_runtime_lock_and_copy_no_tests() -> None:
+    for name in ("Dockerfile.user_code", "Dockerfile.dagster"):
+        steps = dockerfile(DOCKER / name)
+        installs = [args for op, args in steps if op == "RUN" and "pip install" in args]
+        locks = [a for a in installs if " -r " in a]
+        assert locks and all("--require-hashes" in a and "runtime.lock" in a for a in locks), name
+        copied = " ".join(args for op, args in steps if op == "COPY")
+        assert "requirements.lock" not in copied.split(), name
+        for path in ("tests", "benchmarks", ".env"):
+            assert path not in copied.replace("./", "").split(), (name, path)
+        ignore = Path(f"{DOCKER / name}.dockerignore").read_text().splitlines()
+        assert "**" in ignore, name  # the build context holds only what is let in
 
 
 def compose_cli() -> list[str] | None:
