@@ -138,7 +138,9 @@ _SOLUTIONS_ENGINEERS = (
 _PLANS = (("free", 0.4), ("starter", 0.25), ("pro", 0.25), ("enterprise", 0.1))
 # The monthly call quota a billing system writes into company metadata (quota_calls_per_month),
 # which the quota playbooks read; enterprise is unmetered (no quota, never in those cohorts).
-_PLAN_QUOTAS = {"free": 7500, "starter": 15000, "pro": 100000}
+# Sized against the generated traffic so that the demo's busier free companies cross 80% and
+# 100% within a month.
+_PLAN_QUOTAS = {"free": 3000, "starter": 10000, "pro": 100000}
 _TITLES = ("CTO", "Backend Engineer", "Developer", "Staff Engineer", "Founder", "Data Engineer")
 _USER_AGENTS = (
     "widgets-python/2.3.1 (CPython 3.11)",
