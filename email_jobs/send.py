@@ -499,7 +499,10 @@ def _send_all(
                 exhausted = not claim.rows and not claim.deferred
                 # The suppression list as it is now: drops addresses from these messages, and
                 # skips the rows left without a To address.
-                screened = screen_claimed(wh, campaign, run_id, claim.rows)
+                screened = conn.call(
+                    lambda w, rows=claim.rows: screen_claimed(w, campaign, run_id, rows)
+                )
+                wh = conn.wh
                 report.suppressed += screened.skipped
                 claimed = screened.rows
             for r in recorded:
