@@ -1,15 +1,28 @@
 """The send loop: claim pending ledger rows, render, deliver, record.
 
 Safety over speed: a batch's claim is committed before any provider call, and outcomes are
-committed per batch, so a crash can at worst leave the batches in flight `claimed`; the next run
-turns those rows into `unknown` (or back to `pending` with `on_unknown: resend`) instead of
-sending twice. At most `MAX_BATCHES_IN_FLIGHT` batches (2 x `send_concurrency` rows by default)
-are claimed and not yet recorded at any time, which bounds what a crash can leave `unknown`.
+committed per batch, so a crash can at worst leave the batches in flight `claimed`; once their
+lease has run out, a later run turns those rows into `unknown` (or back to `pending` with
+`on_unknown: resend`) instead of sending twice. At most `MAX_BATCHES_IN_FLIGHT` batches
+(2 x `send_concurrency` rows by default) are claimed and not yet recorded at any time, which
+bounds what a crash can leave `unknown`.
+
+Per row: pending --claim (lease)--> claimed --deliver--> sent | failed | pending | unknown;
+claimed --credential refused / run stopped--> pending (no attempt counted);
+claimed --lease expired (its run died)--> unknown | pending. See email_jobs.ledger.
+
+Concurrent senders: each claim is stamped with its run and a lease (NUDGE_SEND_LEASE_SECONDS);
+on Postgres a heartbeat thread on its own connection renews the run's leases every quarter
+lease, so no other run takes them while this one works; when it cannot renew them for half a
+lease, the run stops before another may take them over. On DuckDB the send holds the warehouse
+file's writer lock, so senders take turns and there is no heartbeat.
 
 One warehouse connection serves a campaign's send, used only by the coordinating thread: one
-transaction records a finished batch and claims the next. Worker threads render and make
-delivery attempts (and wait out their backoffs). On DuckDB the send holds the writer lock while
-it runs.
+transaction records a finished batch and claims the next. Lost (Postgres), it is opened again
+from the same factory, a bounded number of times, to record what finished. Worker threads render
+and make delivery attempts (and wait out their backoffs on the run's stop event). The run stops
+(no attempt starts, no backoff is waited out) on a refused credential, which then ends the run
+with CredentialError and leaves the rows not sent `pending`, and on any coordinator error.
 
 The frequency cap (NUDGE_MAX_EMAILS_PER_RECIPIENT_PER_DAY) is decided at the claim from the send
 run's evaluation instant (`as_of`), never the wall clock: see `email_jobs.ledger.claim_for_send`.
