@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_FILES = ("subject.txt", "body.html", "body.txt")
+SHARED_PREFIX = "_"  # _base.html and any other shared piece: never a campaign's template
 # Variables every template gets without a cohort column of that name.
 PROVIDED_VARIABLES = frozenset({"campaign", "entity_id", "unsubscribe_url"})
 JSON_SUFFIX = "_json"
@@ -111,7 +112,8 @@ def _load(env: SandboxedEnvironment, folder: Path, template: str, file: str) -> 
     except jinja2.TemplateNotFound:
         if not (folder / template).is_dir():
             found = folder.iterdir() if folder.is_dir() else ()
-            known = sorted(p.name for p in found if p.is_dir() and not p.name.startswith("."))
+            hidden = (".", SHARED_PREFIX)
+            known = sorted(p.name for p in found if p.is_dir() and not p.name.startswith(hidden))
             raise TemplateError(
                 f"template folder {folder / template} does not exist (campaign template "
                 f"{template!r}; expected {', '.join(TEMPLATE_FILES)} in it; existing templates: "
@@ -201,10 +203,15 @@ def missing_columns(
 def check_template(campaign: Campaign, templates_dir: Path | None = None) -> None:
     """Raise TemplateError when the campaign's template folder is absent, incomplete or broken."""
     folder = _templates_dir(templates_dir)
-    if not campaign.template or "/" in campaign.template or campaign.template.startswith("."):
+    name = campaign.template
+    if name.startswith(SHARED_PREFIX):
         raise TemplateError(
-            f"campaign {campaign.name!r}: template {campaign.template!r} is not a folder name "
-            f"under {folder}"
+            f"campaign {campaign.name!r}: template {name!r} is a shared layout, not a campaign's "
+            f"folder (names starting with {SHARED_PREFIX!r} are reserved)"
+        )
+    if not name or "/" in name or name.startswith("."):
+        raise TemplateError(
+            f"campaign {campaign.name!r}: template {name!r} is not a folder name under {folder}"
         )
     env = _environment(folder)
     for file in TEMPLATE_FILES:
