@@ -149,7 +149,7 @@ def _flattened(env: SandboxedEnvironment, folder: Path, name: str) -> nodes.Temp
         if not isinstance(extends.template, nodes.Const) or len(chain) > 8:
             raise TemplateError(f"{folder / name}: extends must name one layout, as a string")
         chain.append(_parse(env, folder, extends.template.value))
-    blocks: dict[str, list[list[nodes.Node]]] = {}  # most derived first: super() reads on
+    blocks: dict[str, list[list[nodes.Node]]] = {}  # most derived first; super() is the next
     for tree in chain:
         for block in tree.find_all(nodes.Block):
             blocks.setdefault(block.name, []).append(block.body)
