@@ -12,6 +12,12 @@ the rendered message gives, as long as no CSS rule's match depends on the data:
 - every `{% if %}`/`{% for %}` branch opens and closes the same elements;
 - before the document, only `{% %}`/`{# #}` tags (no output).
 
+A campaign template that extends the layout (`{% extends "_base.html" %}`) is first flattened into
+one document: its blocks (and `{{ super() }}`) put in the layout's place, its top-level statements
+before the layout's. Flattening declines (per-message inlining) nested blocks, block modifiers
+(`scoped`, `required`, `-`/`+`), `self.`, a layout that itself extends, and a `{% set x %}` block
+at the template's top level.
+
 A template that breaks a rule keeps per-message inlining. As a safety net, the first message of
 each template in a process is rendered both ways and compared (after an lxml round trip, which
 evens out entity spellings); a difference turns precompiling off for that template, with a
@@ -23,7 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,10 @@ _SIBLING_CSS_RE = re.compile(r":(first|last|nth|only)-|:empty|:not\(|[+~]")
 _BLOCK_OPEN = ("if", "for", "with", "block", "macro", "call", "filter", "autoescape")
 _BLOCK_MIDDLE = ("elif", "else")
 _DATA_ATTRS = frozenset({"class", "id", "style"})
+_EXTENDS_RE = re.compile(r"""\{%\s*extends\s+(["'])([^"']+)\1\s*%\}""")
+_BLOCK_TAG_RE = re.compile(r"\{%\s*(block\s+\w+|endblock(\s+\w+)?)\s*%\}")
+_SUPER_RE = re.compile(r"\{\{\s*super\(\)\s*\}\}")
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 VOID = frozenset(
     {
         "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
@@ -102,10 +112,103 @@ def _safe(masked: str, tokens: list[str]) -> bool:
     return _balanced(masked, tokens)
 
 
-def precompile_source(source: str, inline_css: Callable[[str], str]) -> str | None:
-    """The template source with its CSS inlined, or None when that would not be exact."""
-    if "nudgejinja" in source:
+def _tag_span(source: str, start: int, end: int) -> tuple[int, int]:
+    """The text Jinja drops with a block tag: under lstrip_blocks the blanks before it on its
+    line, under trim_blocks the newline after it (the environment of email_jobs.render)."""
+    line_start = source.rfind("\n", 0, start) + 1
+    if not source[line_start:start].strip(" \t"):
+        start = line_start
+    if source.startswith("\n", end):
+        end += 1
+    elif source.startswith("\r\n", end):
+        end += 2
+    return start, end
+
+
+def _split_blocks(source: str) -> tuple[list[str | tuple[str]], dict[str, str]] | None:
+    """The source as text pieces and (block name,) markers, and each block's body; None for a
+    block tag this flattening does not reproduce (nested, modified)."""
+    parts: list[str | tuple[str]] = []
+    bodies: dict[str, str] = {}
+    pos = 0
+    name: str | None = None
+    body_start = 0
+    for token in _TOKEN_RE.finditer(source):
+        word = _block_word(token.group(0))
+        if word not in ("block", "endblock"):
+            continue
+        if not _BLOCK_TAG_RE.fullmatch(token.group(0)):
+            return None  # `scoped`, `required`, or whitespace control on a block tag
+        start, end = _tag_span(source, token.start(), token.end())
+        if word == "block":
+            if name is not None:
+                return None  # nested blocks
+            parts.append(source[pos:start])
+            name, body_start = token.group(0).split()[2], end
+        else:
+            if name is None:
+                return None
+            bodies[name] = source[body_start:start]
+            parts.append((name,))
+            name = None
+        pos = end
+    if name is not None:
         return None
+    parts.append(source[pos:])
+    return parts, bodies
+
+
+def _statements(text: str) -> Iterator[str]:
+    for token in _TOKEN_RE.finditer(text):
+        if token.group(0).startswith("{%"):
+            yield token.group(0)
+
+
+def flatten(source: str, layout: Callable[[str], str]) -> str | None:
+    """One template with the rendering of `source`, a template that extends a layout; `source`
+    unchanged when it extends nothing; None when this flattening would not be exact."""
+    extends = _EXTENDS_RE.search(source)
+    if extends is None:
+        return source
+    if extends.start() != 0 or "self." in source:
+        return None  # text before the extends tag is output: keep it simple, decline
+    child = _split_blocks(source[_tag_span(source, *extends.span())[1] :])
+    parent_source = layout(extends.group(2))
+    parent = _split_blocks(parent_source)
+    if child is None or parent is None or _EXTENDS_RE.search(parent_source):
+        return None
+    child_parts, overrides = child
+    parent_parts, defaults = parent
+    # A child's top-level text is never output; its statements run before the layout's.
+    statements = [t for p in child_parts if isinstance(p, str) for t in _statements(p)]
+    if any(_block_word(t) == "set" and "=" not in t for t in statements):
+        return None  # `{% set x %}...{% endset %}`: its body is text
+    out = list(statements)
+    for part in parent_parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        default = defaults[part[0]]
+        body = overrides.get(part[0], default)
+        out.append(_SUPER_RE.sub(lambda _: default, body))
+    return "".join(out)
+
+
+def _shipped_layout(name: str) -> str:
+    return (SHIPPED_TEMPLATES / name).read_text(encoding="utf-8")
+
+
+def precompile_source(
+    source: str, inline_css: Callable[[str], str], layout: Callable[[str], str] | None = None
+) -> str | None:
+    """The template source with its CSS inlined, or None when that would not be exact.
+
+    `layout` gives the source of a template `source` extends (default: the shipped folder).
+    """
+    flat = flatten(source, layout or _shipped_layout)
+    if flat is None or "nudgejinja" in flat:
+        return None
+    source = flat
     tokens: list[str] = []
 
     def mask(match: re.Match[str]) -> str:
@@ -141,13 +244,23 @@ def normalized(html: str) -> bytes:
     return lxml.html.tostring(lxml.html.document_fromstring(html), encoding="utf-8")
 
 
+Stamps = tuple[tuple[str, int], ...]  # the files a precompiled template was made from, mtimes
+
+
+def _mtime(path: str) -> int:
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 class Precompiled:
     """Per template file: the CSS-inlined template, or None (inline per message)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._templates: dict[tuple[str, int], jinja2.Template | None] = {}
-        self._verified: set[tuple[str, int]] = set()
+        self._templates: dict[str, tuple[Stamps, jinja2.Template | None]] = {}
+        self._verified: set[Stamps] = set()
 
     def render(
         self,
@@ -159,8 +272,7 @@ class Precompiled:
         where: str,
     ) -> str:
         """The message's HTML with CSS inlined, through the precompiled template when it can."""
-        key = self._key(template)
-        compiled = self._compiled(env, template, key, inline_css)
+        stamps, compiled = self._compiled(env, template, inline_css)
         if compiled is None:
             return inline_css(render(template, context, where))
         try:
@@ -168,7 +280,7 @@ class Precompiled:
         except Exception:
             # Errors name lines of the original file: render it for the proper message.
             return inline_css(render(template, context, where))
-        if key in self._verified:
+        if stamps in self._verified:
             return html
         expected = inline_css(render(template, context, where))
         with self._lock:
@@ -178,33 +290,33 @@ class Precompiled:
                     "message; inlining per message from now on",
                     template.filename,
                 )
-                self._templates[key] = None
+                self._templates[template.filename or ""] = (stamps, None)
                 return expected
-            self._verified.add(key)
+            self._verified.add(stamps)
         return html
 
-    @staticmethod
-    def _key(template: jinja2.Template) -> tuple[str, int]:
-        path = Path(template.filename or "")
-        try:
-            return str(path), path.stat().st_mtime_ns
-        except OSError:
-            return str(path), 0
-
     def _compiled(
-        self,
-        env: jinja2.Environment,
-        template: jinja2.Template,
-        key: tuple[str, int],
-        inline_css: Callable[[str], str],
-    ) -> jinja2.Template | None:
+        self, env: jinja2.Environment, template: jinja2.Template, inline_css: Callable[[str], str]
+    ) -> tuple[Stamps, jinja2.Template | None]:
+        filename = template.filename or ""
         with self._lock:
-            if key in self._templates:
-                return self._templates[key]
+            cached = self._templates.get(filename)
+        # An edit of the template or of its layout makes it again (a stat per file and message).
+        if cached is not None and all(_mtime(path) == mtime for path, mtime in cached[0]):
+            return cached
+        files = [(filename, _mtime(filename))]
+
+        def layout(name: str) -> str:
+            if env.loader is None:
+                raise jinja2.TemplateNotFound(name)
+            source, path, _ = env.loader.get_source(env, name)
+            files.append((path or name, _mtime(path or "")))
+            return source
+
         compiled: jinja2.Template | None = None
         try:
-            source = Path(key[0]).read_text(encoding="utf-8")
-            inlined = precompile_source(source, inline_css)
+            source = Path(filename).read_text(encoding="utf-8")
+            inlined = precompile_source(source, inline_css, layout)
             if inlined is not None and not env.keep_trailing_newline and inlined.endswith("\n"):
                 inlined += "\n"  # Jinja drops a source's last newline; premailer's must stay
             if inlined is not None:
@@ -216,9 +328,10 @@ class Precompiled:
             compiled = None
         if compiled is None:
             log.info("%s: CSS inlined per message", template.filename)
+        entry = (tuple(files), compiled)
         with self._lock:
-            self._templates[key] = compiled
-        return compiled
+            self._templates[filename] = entry
+        return entry
 
 
 PRECOMPILED = Precompiled()

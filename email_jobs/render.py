@@ -1,9 +1,10 @@
 """Render a campaign's email for one cohort member.
 
 Templates live in `email_jobs/templates/<template>/` as `subject.txt`, `body.html`, `body.txt`
-(Jinja). They run in a sandbox with StrictUndefined: a variable the cohort row lacks is an error
-naming it, never a silently blank greeting. Row values are data: Jinja never evaluates them, so a
-name like `{{ 7*7 }}` comes out literally (and HTML-escaped in the HTML body).
+(Jinja); a body.html extends the shared layout `_base.html` (see templates/README.md). They run
+in a sandbox with StrictUndefined: a variable the cohort row lacks is an error naming it, never a
+silently blank greeting. Row values are data: Jinja never evaluates them, so a name like
+`{{ 7*7 }}` comes out literally (and HTML-escaped in the HTML body).
 
 Context of a template: every column of the cohort row; for every column `x_json`, its JSON parsed
 as `x`; `campaign` (the campaign name), `entity_id`, `unsubscribe_url`.
@@ -23,7 +24,9 @@ from urllib.parse import quote
 
 import jinja2
 import jinja2.meta
+from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 from premailer import Premailer
 
 from email_jobs.addresses import normalize_address, split_addresses
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_FILES = ("subject.txt", "body.html", "body.txt")
+SHARED_PREFIX = "_"  # _base.html and any other shared piece: never a campaign's template
 # Variables every template gets without a cohort column of that name.
 PROVIDED_VARIABLES = frozenset({"campaign", "entity_id", "unsubscribe_url"})
 JSON_SUFFIX = "_json"
@@ -108,7 +112,8 @@ def _load(env: SandboxedEnvironment, folder: Path, template: str, file: str) -> 
     except jinja2.TemplateNotFound:
         if not (folder / template).is_dir():
             found = folder.iterdir() if folder.is_dir() else ()
-            known = sorted(p.name for p in found if p.is_dir() and not p.name.startswith("."))
+            hidden = (".", SHARED_PREFIX)
+            known = sorted(p.name for p in found if p.is_dir() and not p.name.startswith(hidden))
             raise TemplateError(
                 f"template folder {folder / template} does not exist (campaign template "
                 f"{template!r}; expected {', '.join(TEMPLATE_FILES)} in it; existing templates: "
@@ -122,16 +127,64 @@ def _load(env: SandboxedEnvironment, folder: Path, template: str, file: str) -> 
 # --------------------------------------------------------------------------- validation
 
 
+def _parse(env: SandboxedEnvironment, folder: Path, name: str) -> nodes.Template:
+    try:
+        source, _, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+        return env.parse(source, name=name)
+    except jinja2.TemplateNotFound:
+        raise TemplateError(f"{folder / name} does not exist (extended by a template)") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{folder / name}, line {exc.lineno}: {exc.message}") from None
+
+
+def _flattened(env: SandboxedEnvironment, folder: Path, name: str) -> nodes.Template:
+    """The template and the layouts it extends as one tree, for Jinja's variable analysis.
+
+    The analysis of a child alone misses what its layout reads, and inside a block it counts a
+    variable set at the top level as undeclared: so the blocks are put in the layout's place,
+    the child's top-level statements first (they run first).
+    """
+    chain = [_parse(env, folder, name)]
+    while (extends := chain[-1].find(nodes.Extends)) is not None:
+        if not isinstance(extends.template, nodes.Const) or len(chain) > 8:
+            raise TemplateError(f"{folder / name}: extends must name one layout, as a string")
+        chain.append(_parse(env, folder, extends.template.value))
+    blocks: dict[str, list[list[nodes.Node]]] = {}  # most derived first; super() is the next
+    for tree in chain:
+        for block in tree.find_all(nodes.Block):
+            blocks.setdefault(block.name, []).append(block.body)
+
+    class Inline(NodeTransformer):
+        def visit_Block(self, block: nodes.Block) -> list[nodes.Node]:
+            bodies = blocks[block.name]
+            uses_super = any(
+                isinstance(c.node, nodes.Name) and c.node.name == "super"
+                for c in nodes.Template(bodies[0]).find_all(nodes.Call)
+            )
+            body = [n for b in bodies[: 2 if uses_super else 1] for n in b]
+            return self.generic_visit(nodes.Scope(body)).body
+
+        def visit_Call(self, call: nodes.Call) -> nodes.Node:
+            if isinstance(call.node, nodes.Name) and call.node.name == "super":
+                return nodes.Const(None)  # the parent's block is inlined beside it
+            return self.generic_visit(call)
+
+    skip = (nodes.Extends, nodes.Block)
+    statements = [n for tree in chain[:-1] for n in tree.body if not isinstance(n, skip)]
+    flat = Inline().visit(nodes.Template([*statements, *chain[-1].body]))
+    return flat.set_environment(env)
+
+
 def template_variables(template: str, templates_dir: Path | None = None) -> set[str]:
-    """Variables the three files of `template` read from their context (Jinja's own analysis)."""
+    """Variables the three files of `template` (and the layout they extend) read from their
+    context (Jinja's own analysis)."""
     folder = _templates_dir(templates_dir)
     env = _environment(folder)
     names: set[str] = set()
     for file in TEMPLATE_FILES:
-        path = folder / template / file
         _load(env, folder, template, file)  # raises TemplateError naming the missing file
-        source = path.read_text(encoding="utf-8")
-        names |= jinja2.meta.find_undeclared_variables(env.parse(source))
+        tree = _flattened(env, folder, f"{template}/{file}")
+        names |= jinja2.meta.find_undeclared_variables(tree)
     return names
 
 
@@ -150,14 +203,20 @@ def missing_columns(
 def check_template(campaign: Campaign, templates_dir: Path | None = None) -> None:
     """Raise TemplateError when the campaign's template folder is absent, incomplete or broken."""
     folder = _templates_dir(templates_dir)
-    if not campaign.template or "/" in campaign.template or campaign.template.startswith("."):
+    name = campaign.template
+    if name.startswith(SHARED_PREFIX):
         raise TemplateError(
-            f"campaign {campaign.name!r}: template {campaign.template!r} is not a folder name "
-            f"under {folder}"
+            f"campaign {campaign.name!r}: template {name!r} is a shared layout, not a campaign's "
+            f"folder (names starting with {SHARED_PREFIX!r} are reserved)"
+        )
+    if not name or "/" in name or name.startswith("."):
+        raise TemplateError(
+            f"campaign {campaign.name!r}: template {name!r} is not a folder name under {folder}"
         )
     env = _environment(folder)
     for file in TEMPLATE_FILES:
         _load(env, folder, campaign.template, file)
+        _flattened(env, folder, f"{campaign.template}/{file}")  # the layout exists and parses
 
 
 # --------------------------------------------------------------------------- rendering

@@ -375,3 +375,76 @@ def test_valid_addresses_pass_and_any_line_break_fails(
     assert normalize_address(address) == address
     pos = min(where, len(address) - 1) or 1  # inside, not at the ends that strip() trims
     assert not is_valid_address(address[:pos] + junk + address[pos:])
+
+
+# --------------------------------------------------------------------------- layout and quota
+
+
+def quota_row(pct: int, calls: int) -> dict[str, object]:
+    return {
+        "entity_id": "co_q", "email": None, "cc": None, "company_domain": "globex.example",
+        "plan": "starter", "quota_calls_per_month": 15000, "quota_source": "plan",
+        "calls_this_month": calls, "quota_used_pct": pct, "month_start": "2026-03-01T00:00:00",
+        "resets_at": "2026-04-01T00:00:00",
+        "contacts": [{"email": "a@g.example", "first_name": "Ana"}],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pct", "calls", "subject", "shown"),
+    [
+        (84, 12746, "You've used 84% of your Acme API quota for March",
+         ["used 84%", "Calls left", "2,254", "Compare plans"]),
+        (103, 15561, "You've reached your Acme API quota for March",
+         ["reached", "Calls over the quota", "561", "Upgrade your plan"]),
+    ],
+)  # fmt: skip
+def test_both_quota_campaigns_share_one_template(
+    pct: int, calls: int, subject: str, shown: list[str], settings: Settings
+) -> None:
+    """quota_80pct and quota_100pct name the folder `quota`; the usage decides what it says."""
+    for name in ("quota_80pct", "quota_100pct"):
+        camp = Campaign(name, f"cohort_{name}", "r", "company", "quota")
+        got, html, text = render_parts(camp, quota_row(pct, calls), settings)
+        assert got == subject
+        for snippet in shown:
+            assert snippet in html and snippet in text, snippet
+    assert "calls_left" not in template_variables("quota")  # both cohorts provide what it reads
+
+
+def test_the_layout_is_part_of_every_template(tmp_path: Path, settings: Settings) -> None:
+    """What the layout reads is checked against the cohort's columns; what the template sets at
+    its top level counts as provided in its blocks and in the layout."""
+    (tmp_path / "_base.html").write_text(
+        "<html><body>{% block content %}{% endblock %}<p>{{ plan }}</p>"
+        "<p>{% block footer %}{{ email }}{% endblock %}</p></body></html>",
+        encoding="utf-8",
+    )
+    folder = tmp_path / "upgrade"
+    folder.mkdir()
+    (folder / "subject.txt").write_text("Upgrade", encoding="utf-8")
+    (folder / "body.txt").write_text("{{ unsubscribe_url }}", encoding="utf-8")
+    (folder / "body.html").write_text(
+        '{% extends "_base.html" %}{% set who = first_name or entity_id %}'
+        "{% block content %}<h1>Hi {{ who }}</h1>{% endblock %}"
+        "{% block footer %}{{ super() }} {{ company }}{% endblock %}",
+        encoding="utf-8",
+    )
+    assert template_variables("upgrade", tmp_path) == {
+        "first_name", "entity_id", "plan", "email", "company", "unsubscribe_url",
+    }  # fmt: skip
+    row = {"entity_id": "c1", "first_name": "Ada", "plan": "pro", "email": "a@x.example",
+           "company": "Acme"}  # fmt: skip
+    _, html, _ = render_parts(campaign("upgrade"), row, settings, templates_dir=tmp_path)
+    assert "<h1>Hi Ada</h1>" in html and "<p>pro</p>" in html and "a@x.example Acme" in html
+    (tmp_path / "_base.html").unlink()
+    with pytest.raises(TemplateError, match=r"_base\.html does not exist"):
+        check_template(campaign("upgrade"), templates_dir=tmp_path)
+
+
+def test_a_shared_layout_is_never_a_campaign_template() -> None:
+    with pytest.raises(TemplateError, match="shared layout"):
+        check_template(Campaign("x", "cohort_x", "r", "user", "_base.html"))
+    with pytest.raises(TemplateError, match=r"existing templates: .*quota") as exc:
+        check_template(campaign("nope"))
+    assert "_base" not in str(exc.value)
