@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from email_jobs.campaigns import CampaignError, load_campaigns
+from email_jobs.campaigns import CampaignError
+from email_jobs.template_columns import load_campaigns
 
 
 @pytest.fixture
