@@ -4,11 +4,11 @@
 
 Builds a landing folder from the real samples (unique transaction ids), then times
 (1) `create table as select * from read_json(..., columns=<the same fields>)` and
-(2) `run_ingest` into a fresh DuckDB warehouse (quarantine on, hashing and dedup included),
+(2) `ingest_pending` into a fresh DuckDB warehouse (quarantine on, hashing and dedup included),
 and checks that every stored source_line is the event's real line number.
 
 Measured (2 cores, shared with other busy processes, load average 7-10, so rough): 400k events,
-449 MB: bare read_json CTAS 2.5-3.3 s, run_ingest 8-9 s (2.5-3.6x). Per 100k-event file: sha256
+449 MB: bare read_json CTAS 2.5-3.3 s, ingest_pending 8-9 s (2.5-3.6x). Per 100k-event file: sha256
 0.29 s, staging (read_csv lines + json_transform + checks) ~1-2 s, insert into raw.events
 ~0.6 s, in-file duplicate check 0.03 s, anti-join against raw.events 0.03 s. The zone-aware
 timestamp cast cost 5x the plain one, so only text with an offset takes it.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import duckdb
 
-from nudge.ingest import run_ingest
+from nudge.ingest import ingest_pending
 from nudge.settings import load_settings
 from nudge.warehouse import connect
 
@@ -87,10 +87,10 @@ def main() -> None:
         with connect(settings) as wh:
             wh.execute(f"set threads = {args.threads}")
             t0 = time.perf_counter()
-            report = run_ingest(wh, landing)
+            report = ingest_pending(wh, landing)
             took = time.perf_counter() - t0
             wrong = wh.fetchone("select count(*) from raw.events where weight <> source_line")
-        print(f"run_ingest:          {took:.2f}s  {args.events / took / 1e6:.2f} M events/s")
+        print(f"ingest_pending:          {took:.2f}s  {args.events / took / 1e6:.2f} M events/s")
         print(f"ratio {took / bare:.2f}x; loaded {report.events_loaded}; wrong lines {wrong[0]}")
 
 

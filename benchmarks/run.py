@@ -10,7 +10,7 @@ Every measured thing runs in its own fresh process; wall time and peak RSS (of t
 its children: dbt, ...) are taken around it. Baselines run in the same invocation, so ratios stay
 meaningful on a busy machine:
 
-1. ingestion (`run_ingest`, quarantine on) vs a bare DuckDB `read_json` of the same files into a
+1. ingestion (`ingest_pending`, quarantine on) vs a bare DuckDB `read_json` of the same files into a
    table (best of --rounds, alternating);
 2. the first full evaluation (`nudge run`: ingest, dbt build, cohorts, diff, send to the
    outbox) vs the floor: one DuckDB query over the same files computing both cohorts

@@ -62,8 +62,8 @@ def bare(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def ingest(args: dict[str, Any]) -> dict[str, Any]:
-    """`run_ingest` (quarantine, hashing, dedup) of the landing folder into a fresh warehouse."""
-    from nudge.ingest import run_ingest
+    """`ingest_pending` (quarantine, hashing, dedup) of the landing folder into a new warehouse."""
+    from nudge.ingest import ingest_pending
     from nudge.settings import load_settings
     from nudge.warehouse import connect
 
@@ -73,7 +73,7 @@ def ingest(args: dict[str, Any]) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     with connect(settings) as wh:
-        report = run_ingest(wh, Path(args["landing"]))
+        report = ingest_pending(wh, Path(args["landing"]))
         wh.execute("checkpoint")
     seconds = time.perf_counter() - t0
     t = report.totals["events"]

@@ -1,11 +1,14 @@
-"""Campaigns as analysts declare them in a cohort model's yml (`config.meta.nudge`)."""
+"""Campaigns as analysts declare them in a cohort model's yml (`config.meta.nudge`).
+
+This module reads the yml; `email_jobs.template_columns` (above it and `render`) loads the
+campaigns with their templates checked against the cohort's columns.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from email_jobs.addresses import normalize_address
@@ -43,13 +46,17 @@ class Campaign:
     steps: tuple[Step, ...] = ()  # a drip; () is a single email (template) at entry
     unsubscribe_group_id: int | None = None
     on_unknown: Literal["hold", "resend"] = "hold"
-    columns: tuple[str, ...] = ()  # columns declared in the cohort's yml
+    # Columns declared in the cohort's yml; () when it declares none (the contract's yml needs
+    # no `columns:`): the templates are then checked against the built model at evaluation.
+    columns: tuple[str, ...] = ()
     # A disabled campaign evaluates and sends nothing. `enabled_by` says who decided: the yml
     # (`enabled`, default true) or the operator's ENABLED_CAMPAIGNS_ENV over a yml `false`.
     enabled: bool = True
     enabled_by: str = "yml"
     description: str = ""
     dbt_unique_id: str = ""
+    # "model 'cohort_x' (models/cohorts/x.yml)", for error messages
+    declared_at: str = field(default="", compare=False)
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
@@ -124,7 +131,8 @@ def _addresses(
     value: Any, key: str, where: str, columns: tuple[str, ...] = ()
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(fixed addresses, column names) of a `cc`/`bcc` entry: a value with an @ is an address,
-    any other is a column of the cohort whose value(s) are added per member."""
+    any other is a column of the cohort whose value(s) are added per member (checked here
+    against the declared columns, or at evaluation against the built model's)."""
     if value is None:
         return (), ()
     if isinstance(value, str):
@@ -138,7 +146,7 @@ def _addresses(
             if normalize_address(item) is None:
                 raise CampaignError(f"{where}: {key} address {item!r} is not a valid address")
             addresses.append(item)
-        elif item in columns:
+        elif item in columns or not columns:
             cols.append(item)
         else:
             raise CampaignError(
@@ -254,6 +262,7 @@ def _campaign(
         enabled=enabled,
         description=str(description),
         dbt_unique_id=node.get("unique_id", ""),
+        declared_at=_where(node),
         extra={k: v for k, v in entry.items() if k not in KNOWN_KEYS},
     )
 
@@ -273,31 +282,9 @@ def _check_recipients(recipients: Any, entity: str, contacts_relation: str, wher
         )
 
 
-def _check_template(campaign: Campaign, templates_dir: Path | None, where: str) -> None:
-    # Imported here: render imports this module for the Campaign type.
-    from email_jobs import render
-
-    where = f"{where}, campaign {campaign.name!r}"
-    templates = [s.template for s in campaign.steps] or [campaign.template]
-    for template in templates:
-        one = replace(campaign, template=template)
-        provided = campaign.columns + (("contacts",) if campaign.recipients == "users" else ())
-        try:
-            render.check_template(one, templates_dir)
-            missing = render.missing_columns(template, provided, templates_dir)
-        except render.TemplateError as exc:
-            raise CampaignError(f"{where}: {exc}") from None
-        if missing:
-            raise CampaignError(
-                f"{where}: template {template!r} uses {', '.join(sorted(missing))}, which "
-                f"the model does not declare among its columns ({', '.join(campaign.columns)})"
-            )
-
-
-def campaigns_of_node(
-    node: dict[str, Any], templates_dir: Path | None = None, contacts_relation: str = ""
-) -> list[Campaign]:
-    """The campaigns one manifest node declares ([] when it has no meta.nudge).
+def campaigns_of_node(node: dict[str, Any], contacts_relation: str = "") -> list[Campaign]:
+    """The campaigns one manifest node declares ([] when it has no meta.nudge); their templates
+    are not checked here (`template_columns`).
 
     `contacts_relation` is the relation of dim_users, for `recipients: users`."""
     meta = _nudge_meta(node)
@@ -317,7 +304,7 @@ def campaigns_of_node(
         )
     columns = tuple((node.get("columns") or {}).keys())
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
+    if columns and missing:  # none declared: the built model's are checked at evaluation
         raise CampaignError(
             f"{where}: the yml must declare the column(s) {', '.join(missing)} "
             f"(declared: {', '.join(columns) or 'none'})"
@@ -326,23 +313,18 @@ def campaigns_of_node(
     if not isinstance(entries, list) or not entries:
         raise CampaignError(f"{where}: meta.nudge.campaigns must be a non-empty list")
     recipients = meta.get("recipients", "column")
-    campaigns = [
+    return [
         _campaign(node, entity, columns, entry, where, recipients, contacts_relation)
         for entry in entries
     ]
-    for campaign in campaigns:
-        _check_template(campaign, templates_dir, where)
-    return campaigns
 
 
-def load_campaigns(
-    manifest: dict[str, Any],
-    templates_dir: Path | None = None,
-    *,
-    enable: Iterable[str] | None = None,
+def read_campaigns(
+    manifest: dict[str, Any], *, enable: Iterable[str] | None = None
 ) -> list[Campaign]:
     """Every campaign declared by a model's `config.meta.nudge` (or top-level `meta.nudge`) in
-    a dbt manifest.json, ordered by cohort then declaration. Raises CampaignError.
+    a dbt manifest.json, ordered by cohort then declaration, templates unchecked (use
+    `template_columns.load_campaigns`). Raises CampaignError.
 
     `enable` names campaigns the operator turns on over their yml (default: the names in
     NUDGE_ENABLED_CAMPAIGNS)."""
@@ -362,7 +344,7 @@ def load_campaigns(
     for node in sorted(nodes.values(), key=lambda n: (n.get("name") or "", n.get("unique_id", ""))):
         if node.get("resource_type") != "model":
             continue
-        for campaign in campaigns_of_node(node, templates_dir, contacts):
+        for campaign in campaigns_of_node(node, contacts):
             if campaign.name in seen:
                 raise CampaignError(
                     f"{_where(node)}: campaign name {campaign.name!r} is already used by model "
@@ -372,7 +354,7 @@ def load_campaigns(
             campaigns.append(campaign)
     campaigns = apply_switches(campaigns, enabled_campaigns() if enable is None else enable)
     log.info(
-        "loaded %d campaign(s) from the dbt manifest, %d enabled",
+        "read %d campaign(s) from the dbt manifest, %d enabled",
         len(campaigns),
         sum(c.enabled for c in campaigns),
     )

@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from email_jobs.backends import make_backend
-from email_jobs.campaigns import Campaign, load_campaigns
+from email_jobs.campaigns import Campaign
 from email_jobs.message import CredentialError
 from email_jobs.send import send_campaign
+from email_jobs.template_columns import load_campaigns
 from nudge.asof import parse_as_of
 from nudge.manifest import MANIFEST
 from nudge.settings import ConfigError, load_settings

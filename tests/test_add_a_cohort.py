@@ -1,7 +1,9 @@
 """Done when: an analyst adds a cohort to a copy of the project (SQL, yml, template; no Python),
 and it shows in the Dagster asset graph and mails on the next `nudge run`; the two shipped
 playbooks mail the right people in the same data; the drip stops for the member who came back;
-`nudge diff-cohort` shows who an edit would add and remove without sending anything.
+`nudge diff-cohort` shows who an edit would add and remove without sending anything. A cohort
+whose yml is the contract's block as it stands (no `columns:`) mails too; a template using a
+column the built model lacks fails that campaign's evaluation, naming model and variable.
 
 Everything runs as a user would: `nudge run` and `nudge diff-cohort` as processes of the copy,
 with the copy first on PYTHONPATH and its own warehouse, landing folder and outbox.
@@ -110,16 +112,67 @@ TEMPLATES = {
 }
 
 
+# The contract's block ("A cohort and its campaigns"), copied as it stands: no `columns:`.
+CONTRACT_YML = """\
+models:
+  - name: cohort_too_many_4xx_7d
+    config:
+      meta:
+        nudge:
+          entity: user                # or company
+          campaigns:
+            - name: too_many_4xx_7d   # the campaign id in headers, the ledger and the UI
+              template: too_many_4xx_7d   # folder email_jobs/templates/<template>/ with subject.txt, body.html, body.txt (Jinja)
+              cooldown_days: 30       # re-entry cooldown, default 30
+              baseline_first_run: true    # default true
+              max_sends_per_evaluation: 500   # default NUDGE_MAX_SENDS_PER_EVALUATION
+"""  # noqa: E501
+# ... for a new cohort: its model, campaign and template named anew.
+BURST_YML = CONTRACT_YML.replace("cohort_too_many_4xx_7d", "cohort_refused_burst_1d").replace(
+    "too_many_4xx_7d", "refused_burst"
+)
+BURST_SQL = """\
+-- Users with at least 100 client errors on the evaluated day.
+{%- set window = nudge_window(1) %}
+
+select
+    users.user_id as entity_id,
+    users.email,
+    users.first_name,
+    sum(activity.calls_4xx) as refused_calls
+
+from {{ ref('fct_user_daily_activity') }} as activity
+inner join {{ ref('dim_users') }} as users on users.user_id = activity.user_id
+where activity.activity_date >= {{ window.full_start_date }}
+    and activity.activity_date < {{ window.full_end_date }}
+group by users.user_id, users.email, users.first_name
+having sum(activity.calls_4xx) >= 100
+"""
+BURST_TEMPLATE = (
+    "{{ refused_calls | number }} refused calls today, {{ first_name }}",
+    "<html><body><p>Hi {{ first_name }}, {{ refused_calls | number }} of your calls were "
+    "refused.</p><p><a href='{{ unsubscribe_url }}'>Unsubscribe</a></p></body></html>",
+    "Hi {{ first_name }}, {{ refused_calls | number }} of your calls were refused.\n"
+    "Unsubscribe: {{ unsubscribe_url }}",
+)
+
+
+def write_template(project: Path, name: str, parts: tuple[str, str, str]) -> None:
+    folder = project / "email_jobs" / "templates" / name
+    folder.mkdir()
+    for file, text in zip(("subject.txt", "body.html", "body.txt"), parts, strict=True):
+        (folder / file).write_text(text)
+
+
 def add_cohort(project: Path) -> None:
     cohorts = project / "dbt_project" / "models" / "cohorts"
     (cohorts / "cohort_gone_quiet_3d.sql").write_text(COHORT_SQL)
     (cohorts / "_gone_quiet.yml").write_text(COHORT_YML)
-    for name, (subject, html, text) in TEMPLATES.items():
-        folder = project / "email_jobs" / "templates" / name
-        folder.mkdir()
-        (folder / "subject.txt").write_text(subject)
-        (folder / "body.html").write_text(html)
-        (folder / "body.txt").write_text(text)
+    for name, parts in TEMPLATES.items():
+        write_template(project, name, parts)
+    (cohorts / "cohort_refused_burst_1d.sql").write_text(BURST_SQL)
+    (cohorts / "_refused_burst.yml").write_text(BURST_YML)
+    write_template(project, "refused_burst", BURST_TEMPLATE)
 
 
 # -- the data -----------------------------------------------------------------------------------
@@ -209,7 +262,7 @@ class Copy:
     warehouse: Path
     landing: Path
 
-    def nudge(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def nudge(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "nudge.cli", *args],
             cwd=self.root,
@@ -219,7 +272,8 @@ class Copy:
             timeout=600,
             check=False,
         )
-        assert proc.returncode == 0, f"nudge {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        said = f"nudge {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        assert (proc.returncode == 0) == ok, said
         return proc
 
     def python(self, code: str) -> str:
@@ -290,6 +344,7 @@ EXPECTED: dict[date, set[Sent]] = {
         ("gone_quiet", "q_back", "0"),
         ("api_misuse", "c_sec", "0"),
         ("quota_80pct", "c_quota", "0"),
+        ("refused_burst", "m_user", "0"),  # the contract's yml block, no `columns:`
     },
     date(2026, 3, 12): {("quota_100pct", "c_quota", "0")},  # q_back called again: it left
     date(2026, 3, 13): {("gone_quiet", "q_stay", "1")},  # day 2 of the drip, q_stay only
@@ -413,3 +468,52 @@ def test_diff_cohort_shows_who_an_edit_adds_and_removes_and_sends_nothing(
     assert project.query(
         "select count(*) from information_schema.tables where table_name like '%__shadow'"
     ) == [[0]]
+
+
+def test_the_contract_yml_block_mails_with_its_template(project: Copy, runs) -> None:
+    msg = project.messages()[("refused_burst", "m_user", "0")]
+    assert (str(msg["To"]), str(msg["Subject"])) == (
+        "dev@sec.example",
+        "1,000 refused calls today, Mo",
+    )
+
+
+def test_a_template_variable_the_built_model_lacks_fails_that_campaign_only(
+    project: Copy, runs
+) -> None:
+    """A second campaign on the no-`columns:` cohort whose template reads a column the model
+    does not build: its evaluation fails naming model and variable, and records and sends
+    nothing; the cohort's other campaign is evaluated. Last in this file: it edits the copy."""
+    yml = project.root / "dbt_project" / "models" / "cohorts" / "_refused_burst.yml"
+    yml.write_text(
+        yml.read_text()
+        + "            - name: refused_burst_colour\n"
+        + "              baseline_first_run: false\n"  # it would mail at its first run
+    )
+    write_template(
+        project.root,
+        "refused_burst_colour",
+        ("Your colour: {{ favourite_colour }}", "<p>{{ first_name }}</p>", "{{ first_name }}"),
+    )
+    day = date(2026, 3, 14)
+    land_day(project.landing, day)
+    burst = calls("q_stay", day, 150, 404)  # q_stay enters the cohort
+    write_jsonl(project.landing / "events" / f"dt={day.isoformat()}" / "part-1.jsonl", burst)
+    before = set(project.messages())
+
+    run = project.nudge("run", "--as-of", day.isoformat(), ok=False)
+
+    out = run.stdout + run.stderr
+    assert (
+        "model 'cohort_refused_burst_1d' (models/cohorts/_refused_burst.yml), campaign "
+        "'refused_burst_colour': template 'refused_burst_colour' uses favourite_colour, which "
+        "the built model 'cohort_refused_burst_1d' does not have among its columns" in out
+    ), out
+    ledger = project.query(
+        "select campaign, entity_id from nudge.send_ledger where campaign like 'refused_burst%'"
+    )
+    assert sorted(ledger) == [["refused_burst", "m_user"], ["refused_burst", "q_stay"]]
+    assert project.query(
+        "select count(*) from nudge.cohort_membership where campaign = 'refused_burst_colour'"
+    ) == [[0]]
+    assert set(project.messages()) == before  # the evaluation failed: this run sent nothing

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from email_jobs.campaigns import CampaignError, Step, load_campaigns
+from email_jobs.campaigns import CampaignError, Step
 from email_jobs.render import TEMPLATES_DIR, render_email, render_parts
+from email_jobs.template_columns import load_campaigns
 from nudge.manifest import MANIFEST
 from nudge.settings import Settings
 

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
-from email_jobs.campaigns import CampaignError, load_campaigns
+from email_jobs.campaigns import CampaignError
+from email_jobs.template_columns import check_built_columns, load_campaigns
+from nudge.settings import Settings
+from nudge.warehouse import connect
 
 
 @pytest.fixture
@@ -218,3 +221,36 @@ def test_the_operator_turns_a_disabled_campaign_on_without_editing_the_yml(
     # A typo does not silently leave the playbook off.
     with pytest.raises(CampaignError, match="NUDGE_ENABLED_CAMPAIGNS names unknown campaign"):
         load_campaigns(nodes, templates, enable=["welcome-back"])
+
+
+# -- a yml without `columns:` (the contract's block as it stands) --------------------------------
+
+
+def test_a_yml_without_columns_loads_and_is_checked_against_the_built_model(
+    templates: Path, tmp_path: Path
+) -> None:
+    nudge = copy.deepcopy(GOOD)
+    nudge["campaigns"][0]["cc"] = ["owner_email"]  # a column, taken on trust until evaluation
+    (campaign,) = load_campaigns(manifest(model("cohort_a", nudge, ())), templates)
+    assert (campaign.columns, campaign.cc_columns) == ((), ("owner_email",))
+
+    settings = Settings(warehouse=f"duckdb:///{tmp_path}/w.duckdb", _env_file=None)
+    with connect(settings) as wh:
+        wh.execute("create schema analytics")
+        wh.execute(
+            "create table analytics.cohort_a (entity_id varchar, email varchar, "
+            "owner_email varchar, endpoints_json varchar)"
+        )
+        with pytest.raises(CampaignError) as err:
+            check_built_columns(wh, campaign, templates)
+        assert str(err.value) == (
+            "model 'cohort_a' (models/cohorts/cohorts.yml), campaign 'welcome_back': template "
+            "'welcome' uses first_name, which the built model 'cohort_a' does not have among "
+            "its columns (entity_id, email, owner_email, endpoints_json)"
+        )
+        wh.execute("alter table analytics.cohort_a drop column owner_email")
+        with pytest.raises(CampaignError, match=r"has no column\(s\) owner_email "):
+            check_built_columns(wh, campaign, templates)
+        wh.execute("alter table analytics.cohort_a add column owner_email varchar")
+        wh.execute("alter table analytics.cohort_a add column first_name varchar")
+        check_built_columns(wh, campaign, templates)  # every variable found: no error

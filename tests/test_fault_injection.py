@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 from support.fake_sendgrid import FakeSendGrid, Fault
 
-from email_jobs.campaigns import load_campaigns
 from email_jobs.faults import POINTS
 from email_jobs.ledger import NewEntry, State, ensure_schema, insert_entries, ledger_key
 from email_jobs.ledger import payload_json as to_json
 from email_jobs.status import collect_status
+from email_jobs.template_columns import load_campaigns
 from nudge.settings import Settings
 from nudge.warehouse import connect
 

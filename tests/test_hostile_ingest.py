@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nudge.ingest import IngestReport, fastpath, landing, run_ingest
+from nudge.ingest import IngestReport, file_scan, ingest_pending, landing
 from nudge.settings import load_settings
 from nudge.warehouse import Warehouse, connect
 
@@ -91,7 +91,7 @@ def test_a_truncated_gzip_loads_its_complete_lines_and_says_it_was_truncated(
     packed = gzip.compress(whole)
     (day / "cut.jsonl.gz").write_bytes(packed[: len(packed) // 2])  # an upload cut off
 
-    report = run_ingest(wh, landing_of(day), run_id="r1")
+    report = ingest_pending(wh, landing_of(day), run_id="r1")
 
     r = report.files[0]
     assert r.status == "loaded" and r.rejected == 1 and r.loaded > 0
@@ -110,7 +110,7 @@ def test_a_truncated_gzip_loads_its_complete_lines_and_says_it_was_truncated(
 
     # The complete file arrives under the same name: the rest loads, nothing twice.
     (day / "cut.jsonl.gz").write_bytes(packed)
-    again = run_ingest(wh, landing_of(day), run_id="r2")
+    again = ingest_pending(wh, landing_of(day), run_id="r2")
     a = again.files[0]
     assert (a.loaded, a.duplicates, a.rejected) == (300 - r.loaded, r.loaded, 0)
     assert wh.fetchall("select count(distinct transaction_id) from raw.events") == [(300,)]
@@ -121,7 +121,7 @@ def test_a_gzip_missing_only_its_trailer_loads_every_line(duck: Warehouse, day: 
     packed = gzip.compress(jsonl([event(f"t{i}") for i in range(20)]))
     (day / "notrailer.jsonl.gz").write_bytes(packed[:-8])  # CRC and size lost
 
-    r = run_ingest(duck, landing_of(day)).files[0]
+    r = ingest_pending(duck, landing_of(day)).files[0]
 
     assert (r.loaded, r.rejected) == (20, 1)
     (reason, raw_text), *_ = duck.fetchall("select reason, raw_text from raw.rejected")
@@ -135,7 +135,7 @@ def test_a_gzip_damaged_mid_stream_keeps_what_came_before(duck: Warehouse, day: 
     second[12:40] = b"\xff" * 28
     (day / "damaged.jsonl.gz").write_bytes(first + bytes(second))
 
-    report = run_ingest(duck, landing_of(day))
+    report = ingest_pending(duck, landing_of(day))
 
     r = report.files[0]
     assert (r.loaded, r.rejected) == (10, 1)
@@ -162,17 +162,17 @@ def test_a_file_that_grows_while_read_is_not_recorded_and_is_taken_whole_later(
     done.write_bytes(jsonl([event("d1")]))
     growing = day / "growing.jsonl"
     growing.write_bytes(jsonl([event("g1")]) + b'{"transaction_id": "g2", "requ')
-    real_scan = fastpath.scan  # hashes the file (and counts its lines) before it is parsed
+    real_scan = file_scan.scan  # hashes the file (and counts its lines) before it is parsed
 
-    def writer_appends_meanwhile(path: Path) -> fastpath.Scanned:
+    def writer_appends_meanwhile(path: Path) -> file_scan.Scanned:
         scanned = real_scan(path)
         if path == growing:  # the uploader goes on writing while Nudge reads
             with path.open("ab") as f:
                 f.write(b'est": {"time": "2026-11-27T06:00:00"}}\n')
         return scanned
 
-    monkeypatch.setattr(fastpath, "scan", writer_appends_meanwhile)
-    report = run_ingest(wh, landing_of(day), run_id="r1")
+    monkeypatch.setattr(file_scan, "scan", writer_appends_meanwhile)
+    report = ingest_pending(wh, landing_of(day), run_id="r1")
     monkeypatch.undo()
 
     status = {Path(r.path).name: r.status for r in report.files}
@@ -183,7 +183,7 @@ def test_a_file_that_grows_while_read_is_not_recorded_and_is_taken_whole_later(
     assert wh.fetchall("select count(*) from raw.rejected") == [(0,)]
     assert wh.fetchall("select path from raw.ingested_files") == [(f"events/dt={DT}/done.jsonl",)]
 
-    again = run_ingest(wh, landing_of(day), run_id="r2")
+    again = ingest_pending(wh, landing_of(day), run_id="r2")
 
     g = next(r for r in again.files if r.path.endswith("growing.jsonl"))
     assert (g.status, g.lines_read, g.loaded, g.rejected) == ("loaded", 2, 2, 0)
@@ -206,7 +206,7 @@ def test_implausible_event_times_are_rejected_with_the_reason(wh: Warehouse, day
     (day / "times.jsonl").write_bytes(jsonl(cases))
     (day / "times.json").write_text(json.dumps([event("arr-future", "2030-01-01")], indent=2))
 
-    report = run_ingest(wh, landing_of(day))
+    report = ingest_pending(wh, landing_of(day))
 
     loaded = {tx for (tx,) in wh.fetchall("select transaction_id from raw.events")}
     assert loaded == {"in-day", "next-day", "late-offset", "y2k"}
@@ -236,7 +236,7 @@ def test_loosely_typed_values_load_as_moesif_writes_them(duck: Warehouse, day: P
     ]
     (day / "types.jsonl").write_bytes(jsonl(cases))
 
-    report = run_ingest(duck, landing_of(day))
+    report = ingest_pending(duck, landing_of(day))
 
     got = {
         tx: (user, company, status)
@@ -366,7 +366,7 @@ def test_fuzzed_real_events_never_crash_and_every_line_is_accounted_for(
     for c in cases.values():
         (day / c.name).write_bytes(c.data)
 
-    report = run_ingest(duck, landing_of(day), run_id="fuzz")
+    report = ingest_pending(duck, landing_of(day), run_id="fuzz")
 
     assert len(report.files) == len(cases) and {r.status for r in report.files} == {"loaded"}
     accounted(report, duck)

@@ -37,7 +37,7 @@ import pytest
 from support.scenario import background, burst, event, minute, user, write_jsonl
 
 from nudge.cli import main as nudge
-from nudge.ingest import fastpath
+from nudge.ingest import file_scan
 from nudge.settings import load_settings
 from nudge.warehouse import connect
 
@@ -284,9 +284,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, dbt_manifest: None) -> Itera
         emails[1] = _outbox(outbox)
 
         hostile = _hostile_day(landing)
-        real_scan = fastpath.scan  # hashes each file (ahead, in a helper thread) before parsing
+        real_scan = file_scan.scan  # hashes each file (ahead, in a helper thread) before parsing
 
-        def meanwhile(path: Path) -> fastpath.Scanned:
+        def meanwhile(path: Path) -> file_scan.Scanned:
             """Another process is still writing one file and deletes another as Nudge reads."""
             if path == hostile.vanishing:
                 path.unlink()
@@ -299,7 +299,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, dbt_manifest: None) -> Itera
             return scanned
 
         with pytest.MonkeyPatch.context() as faults:
-            faults.setattr(fastpath, "scan", meanwhile)
+            faults.setattr(file_scan, "scan", meanwhile)
             runs[2] = _run(HOSTILE_DAY)
         emails[2] = _outbox(outbox)
         status = _status()

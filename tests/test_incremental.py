@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from nudge.generate import generate
-from nudge.ingest import run_ingest
+from nudge.ingest import ingest_pending
 from nudge.settings import load_settings
 from nudge.warehouse import connect
 
@@ -55,7 +55,7 @@ def dbt_run(wh: Path, work: Path, *extra: str) -> None:
 
 def ingest(wh: Path, landing: Path) -> None:
     with connect(load_settings(warehouse=f"duckdb:///{wh}")) as w:
-        run_ingest(w, landing)
+        ingest_pending(w, landing)
 
 
 def table(wh: Path, name: str) -> list[tuple[Any, ...]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nudge.ingest import IngestReport, run_ingest
+from nudge.ingest import IngestReport, ingest_pending
 from nudge.ingest import landing as ingest_landing
 from nudge.ingest import loading as ingest_loading
 from nudge.settings import load_settings
@@ -93,7 +93,7 @@ def test_real_samples_load_as_they_are(wh: Warehouse, landing: Path) -> None:
     shutil.copy(SAMPLES / "real_companies.jsonl", landing / "companies")
     messages: list[str] = []
 
-    report = run_ingest(wh, landing, run_id="r1", progress=messages.append)
+    report = ingest_pending(wh, landing, run_id="r1", progress=messages.append)
 
     t = report.totals
     assert (t["events"].loaded, t["events"].rejected, t["events"].duplicates) == (330, 0, 0)
@@ -132,7 +132,7 @@ def test_every_dump_format_loads_the_same_events(wh: Warehouse, landing: Path) -
     (d / "d.json.gz").write_bytes(gzip.compress(json.dumps(evs[3:4]).encode()))
     write_events(d / "e.jsonl", evs[4:5], gz=True)  # gzip under a plain name
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     assert [r.loaded for r in report.files] == [1, 1, 1, 1, 1]
     got = rows(wh, "select transaction_id, source_file, source_line from raw.events order by 1")
@@ -147,7 +147,7 @@ def test_array_file_elements_are_numbered_and_quarantined(wh: Warehouse, landing
         json.dumps(batch, indent=2)
     )
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     assert (report.totals["events"].loaded, report.totals["events"].rejected) == (1, 3)
     rej = rows(wh, "select source_line, reason from raw.rejected order by source_line")
@@ -174,7 +174,7 @@ def test_malformed_lines_are_quarantined_with_line_numbers(wh: Warehouse, landin
     ]
     write_lines(day(landing) / "mixed.jsonl", lines)
 
-    report = run_ingest(wh, landing, run_id="q1")
+    report = ingest_pending(wh, landing, run_id="q1")
 
     r = report.files[0]
     assert (r.lines_read, r.loaded, r.duplicates, r.rejected) == (9, 3, 0, 6)
@@ -198,7 +198,7 @@ def test_malformed_lines_are_quarantined_with_line_numbers(wh: Warehouse, landin
 
 def test_raw_text_of_a_rejected_line_is_truncated(wh: Warehouse, landing: Path) -> None:
     write_lines(day(landing) / "x.jsonl", ["{" + "x" * 10_000])
-    run_ingest(wh, landing)
+    ingest_pending(wh, landing)
     assert rows(wh, "select length(raw_text) from raw.rejected") == [(4096,)]
 
 
@@ -213,7 +213,7 @@ def test_profiles_without_their_id_are_rejected(wh: Warehouse, landing: Path) ->
     )
     write_lines(landing / "companies" / "c.jsonl", [json.dumps({"company_domain": "x.example"})])
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     assert rows(wh, "select user_id from raw.users") == [("42",)]  # a number, kept as text
     rej = rows(wh, "select kind, source_line, reason from raw.rejected order by kind, source_line")
@@ -234,7 +234,7 @@ def test_crlf_bom_blank_lines_and_empty_files(wh: Warehouse, landing: Path) -> N
     (d / "empty.jsonl").write_bytes(b"")
     (d / "blank.jsonl.gz").write_bytes(gzip.compress(b"\n\n"))
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     by_name = {Path(r.path).name: r for r in report.files}
     assert (by_name["crlf.jsonl"].loaded, by_name["crlf.jsonl"].rejected) == (2, 1)
@@ -251,7 +251,7 @@ def test_non_utf8_line_is_rejected_and_numbering_holds(wh: Warehouse, landing: P
     bad = b'{"transaction_id": "\xff\xfe", "request": {"time": "2026-01-01T00:00:00"}}'
     (d / "latin.jsonl").write_bytes(b"\n".join([good[0], bad, good[1], b"", good[2], good[3]]))
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     r = report.files[0]
     assert (r.lines_read, r.loaded, r.rejected) == (5, 4, 1)
@@ -266,7 +266,7 @@ def test_a_line_longer_than_duckdbs_default_object_size_loads(wh: Warehouse, lan
     huge = event("big", metadata={"blob": "x" * (17 * 1024 * 1024)})
     write_events(day(landing) / "big.jsonl", [event("before"), huge, event("after")])
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     assert report.files[0].loaded == 3
     got = rows(
@@ -290,12 +290,12 @@ def test_a_file_that_vanishes_is_recorded_and_retried(
         return real_sniff(path)
 
     monkeypatch.setattr(ingest_landing, "sniff", delete_b)
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
     monkeypatch.undo()
 
     assert [r.status for r in report.files] == ["loaded", "vanished"]
     b.write_bytes(backup)
-    again = run_ingest(wh, landing)
+    again = ingest_pending(wh, landing)
     assert [r.status for r in again.files] == ["skipped", "loaded"]
     assert rows(wh, "select count(*) from raw.events") == [(2,)]
 
@@ -305,7 +305,7 @@ def test_a_corrupt_gzip_is_recorded_without_stopping_the_run(wh: Warehouse, land
     write_events(d / "a.jsonl", [event("a")])
     (d / "b.jsonl.gz").write_bytes(b"\x1f\x8b" + b"definitely not deflate data" * 10)
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     assert report.files[0].loaded == 1
     assert report.files[1].rejected == 1 and report.files[1].lines_read == 1
@@ -324,11 +324,11 @@ def test_a_crash_mid_file_leaves_nothing_and_the_rerun_ingests_it(
     with monkeypatch.context() as m:
         m.setattr(ingest_loading.Loader, "_record_file", crash)
         with pytest.raises(RuntimeError):
-            run_ingest(wh, landing)
+            ingest_pending(wh, landing)
     assert rows(wh, "select count(*) from raw.events") == [(0,)]
     assert rows(wh, "select count(*) from raw.ingested_files") == [(0,)]
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
     assert report.files[0].loaded == 2
 
 
@@ -338,7 +338,7 @@ def test_duplicates_across_files_keep_the_first_copy(wh: Warehouse, landing: Pat
     changed = event("y", "2026-11-27T09:00:00Z", user_id="someone-else")
     write_events(day(landing, "2026-11-27") / "b.jsonl", [event("x"), changed, event("z")])
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     b = report.files[1]
     assert (b.lines_read, b.loaded, b.duplicates, b.conflicts) == (3, 1, 2, 1)
@@ -349,7 +349,7 @@ def test_duplicates_across_files_keep_the_first_copy(wh: Warehouse, landing: Pat
 
 def test_duplicates_within_a_file(wh: Warehouse, landing: Path) -> None:
     write_events(day(landing) / "a.jsonl", [event("x"), event("x", user_id="u2"), event("x")])
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
     r = report.files[0]
     assert (r.loaded, r.duplicates, r.conflicts) == (1, 2, 1)
     assert rows(wh, "select user_id, source_line from raw.events") == [("u1", 1)]
@@ -357,11 +357,11 @@ def test_duplicates_within_a_file(wh: Warehouse, landing: Path) -> None:
 
 def test_changed_file_is_ingested_again_without_duplicates(wh: Warehouse, landing: Path) -> None:
     path = write_events(day(landing) / "a.jsonl", [event("1"), event("2")])
-    run_ingest(wh, landing)
+    ingest_pending(wh, landing)
     write_events(path, [event("1"), event("2"), event("3")])
     os.utime(path, (1, 1))  # a different mtime, whatever the clock's resolution
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     r = report.files[0]
     assert (r.status, r.lines_read, r.loaded, r.duplicates) == ("loaded", 3, 1, 2)
@@ -371,11 +371,11 @@ def test_changed_file_is_ingested_again_without_duplicates(wh: Warehouse, landin
 
 def test_unchanged_file_is_skipped_even_when_touched(wh: Warehouse, landing: Path) -> None:
     path = write_events(day(landing) / "a.jsonl", [event("1")])
-    run_ingest(wh, landing)
+    ingest_pending(wh, landing)
 
-    assert [r.status for r in run_ingest(wh, landing).files] == ["skipped"]
+    assert [r.status for r in ingest_pending(wh, landing).files] == ["skipped"]
     os.utime(path, (12345, 12345))
-    assert [r.status for r in run_ingest(wh, landing).files] == ["skipped"]
+    assert [r.status for r in ingest_pending(wh, landing).files] == ["skipped"]
     assert rows(wh, "select count(*), max(mtime) from raw.ingested_files") == [(1, 12345.0)]
 
 
@@ -386,7 +386,7 @@ def test_event_without_transaction_id_is_keyed_by_content(wh: Warehouse, landing
         "b.json"
     ).write_text(json.dumps([anon], indent=4))  # the same event, pretty-printed in a batch
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     keys = [k for (k,) in rows(wh, "select event_key from raw.events")]
     assert len(keys) == 2 and all(k.startswith("sha:") for k in keys)
@@ -405,7 +405,7 @@ def test_times_are_normalized_to_utc(wh: Warehouse, landing: Path) -> None:
     }
     write_events(day(landing) / "t.jsonl", [event(tx, t) for tx, (t, _) in cases.items()])
 
-    run_ingest(wh, landing)
+    ingest_pending(wh, landing)
 
     got = dict(rows(wh, "select transaction_id, request_time from raw.events"))
     assert got == {tx: want for tx, (_, want) in cases.items()}
@@ -418,11 +418,11 @@ def test_unknown_fields_are_ignored_and_profiles_keep_every_version(
     v1 = {"user_id": "u1", "modified_time": "2025-01-01T00:00:00Z", "metadata": {"email": "a@x"}}
     v2 = {"user_id": "u1", "modified_time": "2025-02-01T00:00:00Z", "metadata": {"email": "b@x"}}
     users = write_lines(landing / "users" / "u.jsonl", [json.dumps(v1)])
-    run_ingest(wh, landing)
+    ingest_pending(wh, landing)
     write_lines(users, [json.dumps(v1), json.dumps(v2)])
     os.utime(users, (1, 1))
 
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
 
     assert rows(wh, "select weight from raw.events") == [(3,)]
     assert rows(wh, "select email from raw.users order by modified_time") == [("a@x",), ("b@x",)]
@@ -431,7 +431,7 @@ def test_unknown_fields_are_ignored_and_profiles_keep_every_version(
 
 def test_newest_dt_is_the_newest_ever_ingested(wh: Warehouse, landing: Path) -> None:
     write_events(day(landing, "2026-11-20") / "a.jsonl", [event("a")])
-    run_ingest(wh, landing)
+    ingest_pending(wh, landing)
     shutil.rmtree(day(landing, "2026-11-20"))
     write_events(day(landing, "2026-11-18") / "b.jsonl", [event("b")])
-    assert run_ingest(wh, landing).newest_dt.isoformat() == "2026-11-20"  # type: ignore[union-attr]
+    assert ingest_pending(wh, landing).newest_dt.isoformat() == "2026-11-20"  # type: ignore[union-attr]

@@ -1,4 +1,4 @@
-"""Batched ingestion (nudge/ingest/batch.py) gives exactly what ingesting file by file gives."""
+"""Reading event files together (nudge/ingest/read_together.py) gives what reading each gives."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nudge.ingest import IngestReport, batch, run_ingest
+from nudge.ingest import IngestReport, ingest_pending, read_together
 from nudge.ingest import loading as ingest_loading
 from nudge.settings import load_settings
 from nudge.warehouse import Warehouse, connect
@@ -90,7 +90,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 
 def file_by_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "batchable", lambda lf: False)
+    monkeypatch.setattr(read_together, "readable_together", lambda lf: False)
 
 
 _QUERIES = {
@@ -122,11 +122,11 @@ def both_ways(
     """Ingest `landing` batched and then file by file (`runs` times each, into two warehouses);
     assert identical tables; returns both ways' reports and the batched warehouse."""
     batched_wh = open_wh("batched")
-    batched = [run_ingest(batched_wh, landing) for _ in range(runs)]
+    batched = [ingest_pending(batched_wh, landing) for _ in range(runs)]
     with monkeypatch.context() as m:
         file_by_file(m)
         single_wh = open_wh("single")
-        single = [run_ingest(single_wh, landing) for _ in range(runs)]
+        single = [ingest_pending(single_wh, landing) for _ in range(runs)]
     assert [outcomes(r) for r in batched] == [outcomes(r) for r in single]
     got, want = snapshot(batched_wh), snapshot(single_wh)
     for name in _QUERIES:
@@ -186,7 +186,7 @@ def test_a_read_error_naming_no_file_sends_the_batch_file_by_file(
     spy: dict[str, int],
 ) -> None:
     hostile_landing(landing)
-    monkeypatch.setattr(batch, "_named", lambda message, paths: set())
+    monkeypatch.setattr(read_together, "_named", lambda message, paths: set())
 
     both_ways(landing, open_wh, monkeypatch)
 
@@ -200,7 +200,7 @@ def test_small_batches_and_a_second_run_give_the_per_file_result(
     spy: dict[str, int],
 ) -> None:
     hostile_landing(landing)
-    monkeypatch.setattr(batch, "BATCH_BYTES", 2000)  # a few files a batch
+    monkeypatch.setattr(read_together, "BATCH_BYTES", 2000)  # a few files a batch
 
     (_, second), _, _ = both_ways(landing, open_wh, monkeypatch, runs=2)
 
@@ -248,15 +248,15 @@ def test_duplicates_of_stored_events_are_counted_against_the_copy_kept(
     d = day(landing, "2026-11-27")
     events(d / "a.jsonl", [event("x"), event("y")])
     batched_wh, single_wh = open_wh("batched"), open_wh("single")
-    run_ingest(batched_wh, landing)
-    run_ingest(single_wh, landing)
+    ingest_pending(batched_wh, landing)
+    ingest_pending(single_wh, landing)
     events(d / "b.jsonl", [event("x", user_id="other"), event("z")])
     events(d / "c.jsonl", [event("y"), event("z", user_id="other"), event("x")])
 
-    batched = run_ingest(batched_wh, landing)
+    batched = ingest_pending(batched_wh, landing)
     with monkeypatch.context() as m:
         file_by_file(m)
-        single = run_ingest(single_wh, landing)
+        single = ingest_pending(single_wh, landing)
 
     assert spy["files"] == 2
     assert outcomes(batched) == outcomes(single)
@@ -275,12 +275,12 @@ def test_progress_is_reported_per_file_in_discovery_order(
     for name in ("a", "b", "c"):
         events(d / f"{name}.jsonl", [event(name)])
     wh = open_wh("batched")
-    run_ingest(wh, landing)
+    ingest_pending(wh, landing)
     events(d / "b2.jsonl", [event("b2")])
     events(d / "d.jsonl", [event("d")])
     messages: list[str] = []
 
-    run_ingest(wh, landing, progress=messages.append)
+    ingest_pending(wh, landing, progress=messages.append)
 
     assert [m.split("] ")[1].split(":")[0].rsplit("/", 1)[1] for m in messages] == [
         "a.jsonl", "b.jsonl", "b2.jsonl", "c.jsonl", "d.jsonl",
@@ -296,9 +296,9 @@ def test_files_vanishing_or_changing_around_the_batch_read(
     d = day(landing, "2026-11-27")
     for name in ("a", "b", "c", "e"):
         events(d / f"{name}.jsonl", [event(name)])
-    real_stage = batch.stage
+    real_stage = read_together.read_new_event_files_together
 
-    def meanwhile(conn: Any, files: list) -> batch.Staged:
+    def meanwhile(conn: Any, files: list) -> read_together.Staged:
         (d / "b.jsonl").unlink()  # gone before the read: the read names it
         staged = real_stage(conn, files)
         with (d / "c.jsonl").open("a") as f:  # written on after the read
@@ -306,9 +306,9 @@ def test_files_vanishing_or_changing_around_the_batch_read(
         (d / "e.jsonl").unlink()  # gone after the read
         return staged
 
-    monkeypatch.setattr(batch, "stage", meanwhile)
+    monkeypatch.setattr(read_together, "read_new_event_files_together", meanwhile)
     wh = open_wh("batched")
-    report = run_ingest(wh, landing)
+    report = ingest_pending(wh, landing)
     monkeypatch.undo()
 
     status = {Path(r.path).name: r.status for r in report.files}
@@ -316,7 +316,7 @@ def test_files_vanishing_or_changing_around_the_batch_read(
                       "e.jsonl": "vanished"}  # fmt: skip
     assert wh.fetchall("select event_key from raw.events") == [("a",)]
     assert wh.fetchall("select path from raw.ingested_files") == [("events/dt=2026-11-27/a.jsonl",)]
-    again = run_ingest(wh, landing)
+    again = ingest_pending(wh, landing)
     assert {Path(r.path).name: r.status for r in again.files} == {
         "a.jsonl": "skipped", "c.jsonl": "loaded",
     }  # fmt: skip
@@ -343,7 +343,7 @@ def test_a_failure_mid_batch_leaves_whole_files_and_the_rerun_equals_a_clean_run
     with monkeypatch.context() as m:
         m.setattr(ingest_loading.Loader, "_record_files", fail_in_the_second_batch)
         with pytest.raises(RuntimeError, match="power cut"):
-            run_ingest(wh, landing)
+            ingest_pending(wh, landing)
     # Whole files or nothing: every recorded file has all its rows, no others are stored.
     recorded = {p for (p,) in wh.fetchall("select path from raw.ingested_files")}
     stored = {p for (p,) in wh.fetchall("select distinct source_file from raw.events")}
@@ -353,10 +353,10 @@ def test_a_failure_mid_batch_leaves_whole_files_and_the_rerun_equals_a_clean_run
             (loaded,)
         ]
 
-    run_ingest(wh, landing)
+    ingest_pending(wh, landing)
 
     clean = open_wh("clean")
-    run_ingest(clean, landing)
+    ingest_pending(clean, landing)
     assert snapshot(wh) == snapshot(clean)
 
 
@@ -371,7 +371,7 @@ def test_a_killed_batch_ingest_leaves_nothing_of_the_batch_and_the_rerun_equals_
         f"""
         import os, signal
         from pathlib import Path
-        from nudge.ingest import loading, run_ingest
+        from nudge.ingest import loading, ingest_pending
         from nudge.settings import load_settings
         from nudge.warehouse import connect
 
@@ -383,7 +383,7 @@ def test_a_killed_batch_ingest_leaves_nothing_of_the_batch_and_the_rerun_equals_
 
         loading.Loader._record_files = die
         with connect(load_settings(warehouse="duckdb:///{db}")) as wh:
-            run_ingest(wh, Path("{landing}"))
+            ingest_pending(wh, Path("{landing}"))
         """
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -393,8 +393,8 @@ def test_a_killed_batch_ingest_leaves_nothing_of_the_batch_and_the_rerun_equals_
     killed = open_wh("killed")
     assert killed.fetchall("select count(*) from raw.events") == [(0,)]
     assert killed.fetchall("select count(*) from raw.ingested_files") == [(0,)]
-    report = run_ingest(killed, landing)
+    report = ingest_pending(killed, landing)
     assert [r.status for r in report.files] == ["loaded"] * 6
     clean = open_wh("clean")
-    run_ingest(clean, landing)
+    ingest_pending(clean, landing)
     assert snapshot(killed) == snapshot(clean)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nudge.ingest import run_ingest
+from nudge.ingest import ingest_pending
 from nudge.settings import load_settings
 from nudge.warehouse import Warehouse, connect
 
@@ -88,12 +88,12 @@ def _snapshot(wh: Warehouse) -> dict[str, list[dict]]:
 def test_postgres_warehouse_gets_the_same_rows(pg_database: str, tmp_path: Path) -> None:
     landing = _landing(tmp_path / "landing")
     with connect(load_settings(warehouse=f"duckdb:///{tmp_path / 'wh.duckdb'}")) as wh:
-        duck_report = run_ingest(wh, landing)
+        duck_report = ingest_pending(wh, landing)
         duck = _snapshot(wh)
     with connect(load_settings(warehouse=pg_database)) as wh:
-        pg_report = run_ingest(wh, landing)
+        pg_report = ingest_pending(wh, landing)
         pg = _snapshot(wh)
-        again = run_ingest(wh, landing)
+        again = ingest_pending(wh, landing)
 
     assert [r.status for r in again.files] == ["skipped"] * len(again.files)
     assert pg_report.totals == duck_report.totals

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from email_jobs.campaigns import load_campaigns
 from email_jobs.render import render_parts
+from email_jobs.template_columns import load_campaigns
 from nudge.manifest import MANIFEST
 from nudge.settings import Settings
 

@@ -1,13 +1,12 @@
 """The landing folder: which dump files exist, what shape they have, and their identity.
 
-A file's identity is (relative path, content hash). Hashing costs a full read, so callers first
-compare size and mtime with what was recorded and hash only when those changed.
+A file's identity is (relative path, content hash; `file_scan`). Hashing costs a full read, so
+callers first compare size and mtime with what was recorded and hash only when those changed.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import re
 import zlib
@@ -21,8 +20,7 @@ from nudge.ingest.report import Kind
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
-_EVENT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
-_PROFILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")  # events and profiles alike
 _DT_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -38,7 +36,6 @@ class LandingFile:
 class FileShape:
     gzip: bool
     is_array: bool  # first non-blank character is "[": one JSON array for the whole file
-    crlf: bool  # first line ends with \r\n
 
 
 def discover(landing_dir: Path) -> list[LandingFile]:
@@ -58,14 +55,14 @@ def discover(landing_dir: Path) -> list[LandingFile]:
                 continue
             out.extend(
                 LandingFile("events", f, f.relative_to(landing_dir).as_posix(), dt)
-                for f in _files(day, _EVENT_SUFFIXES)
+                for f in _files(day, _SUFFIXES)
             )
     for kind in ("users", "companies"):
         d = landing_dir / kind
         if d.is_dir():
             out.extend(
                 LandingFile(kind, f, f.relative_to(landing_dir).as_posix(), None)  # type: ignore[arg-type]
-                for f in _files(d, _PROFILE_SUFFIXES)
+                for f in _files(d, _SUFFIXES)
             )
     return out
 
@@ -97,7 +94,7 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def sniff(path: Path) -> FileShape:
-    """Compression by magic bytes (not by name), array-vs-lines and line ending from the head."""
+    """Compression by magic bytes (not by name), array-vs-lines from the head."""
     with path.open("rb") as f:
         magic = f.read(2)
     is_gz = magic == GZIP_MAGIC
@@ -108,18 +105,7 @@ def sniff(path: Path) -> FileShape:
     except (OSError, EOFError, zlib.error):
         pass  # a corrupt stream is reported by the reader, with its own message
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-    nl = head.find(b"\n")
-    return FileShape(
-        gzip=is_gz,
-        is_array=text.startswith(b"["),
-        crlf=nl > 0 and head[nl - 1 : nl] == b"\r",
-    )
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of the file's bytes as stored (compressed files are hashed compressed)."""
-    with path.open("rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    return FileShape(gzip=is_gz, is_array=text.startswith(b"["))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import duckdb
 
-from nudge.ingest.batch import BATCH, BatchFile
 from nudge.ingest.landing import LandingFile
+from nudge.ingest.read_together import BATCH, BatchFile
 from nudge.ingest.report import FileResult, Kind
 from nudge.ingest.schema import DDL
 from nudge.ingest.staging import COLUMNS, STAGED, StageCounts

@@ -1,4 +1,9 @@
-"""`run_ingest`: load every new or changed dump file of the landing folder into `raw`."""
+"""`ingest_pending`: load every new or changed dump file of the landing folder into `raw`.
+
+It chooses each file's read path (the table in `nudge.ingest`): on a DuckDB warehouse, runs of
+new event files are read together (`read_together`); every other file is read on its own by
+`_read_one_file`, which tries the clean read first and falls back to reading line by line.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,15 @@ from pathlib import Path
 
 import duckdb
 
-from nudge.ingest import batch, landing
-from nudge.ingest.batch import BatchFile
-from nudge.ingest.fastpath import Prefetch, Scanned
+from nudge.ingest import landing, read_by_line, read_together
+from nudge.ingest.file_scan import Prefetch, Scanned
 from nudge.ingest.landing import LandingFile
 from nudge.ingest.loading import FileIdentity, Loader, ensure_schema, few_checkpoints
+from nudge.ingest.read_by_line import read_array_by_element, read_cut_short_gzip, read_line_by_line
+from nudge.ingest.read_clean import read_clean_file
+from nudge.ingest.read_together import BatchFile
 from nudge.ingest.report import FileResult, FileStatus, IngestReport
-from nudge.ingest.staging import (
-    FileVanished,
-    StageCounts,
-    prepare,
-    restore,
-    stage_broken_gzip,
-    stage_file,
-)
+from nudge.ingest.staging import FileVanished, StageCounts, prepare, restore
 from nudge.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _PG_LOCK_KEY = 0x6E75646765  # "nudge"
 
 
-def run_ingest(
+def ingest_pending(
     wh: Warehouse,
     landing_dir: Path,
     run_id: str | None = None,
@@ -52,9 +52,9 @@ def run_ingest(
     everything already loaded (the first copy wins). `kinds` and `dts` narrow the files taken
     (a Dagster partition run ingests its own dt= folder only).
 
-    On a DuckDB warehouse, new event files are read in batches (`batch`): the clean ones load
-    together, in one transaction, with the result loading them one by one would give; the
-    others take the per-file path. On Postgres every file takes the per-file path.
+    On a DuckDB warehouse, new event files are read together (`read_together`): the clean ones
+    load together, in one transaction, with the result loading them one by one would give; the
+    others are read on their own. On Postgres every file is read on its own.
     """
     landing_dir = Path(landing_dir)
     run_id = run_id or f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -82,10 +82,10 @@ def run_ingest(
     try:
         with few_checkpoints(wh):
             if wh.kind == "duckdb":
-                run.batched(files)
+                run.in_batches(files)
             else:
                 for lf in files:
-                    emit(run.file(lf))
+                    emit(run.on_its_own(lf))
     finally:
         prefetch.close()
         loader.close()
@@ -94,7 +94,8 @@ def run_ingest(
             wh.commit()
             parser.close()
         else:
-            batch.drop(parser)
+            read_together.drop(parser)
+            read_by_line.drop_temp(parser)
             restore(parser, prev)
     report.newest_dt = _newest_dt(wh)
     log.info(report.summary())
@@ -120,7 +121,7 @@ class _Run:
     emit: Callable[[FileResult], None]
 
     # -- file by file --------------------------------------------------------------------------
-    def file(self, lf: LandingFile) -> FileResult:
+    def on_its_own(self, lf: LandingFile) -> FileResult:
         try:
             st = lf.path.stat()
             if self._unchanged(lf, st):
@@ -148,7 +149,7 @@ class _Run:
         ident = FileIdentity(size=st.st_size, mtime=st.st_mtime, content_hash=scanned.content_hash)
         now = datetime.now(UTC).replace(tzinfo=None)
         try:
-            counts = _stage(lf, shape, self.parser, scanned.lines)
+            counts = _read_one_file(self.parser, lf, shape, scanned.lines)
         except FileVanished:
             return self._vanished(lf, "while being read")
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
@@ -166,22 +167,23 @@ class _Run:
         self._remember(lf, ident)
         return result
 
-    # -- in batches (DuckDB) -------------------------------------------------------------------
-    def batched(self, files: list[LandingFile]) -> None:
-        """Every file in order, new event files read in batches; results emitted in order."""
+    # -- together (DuckDB) ---------------------------------------------------------------------
+    def in_batches(self, files: list[LandingFile]) -> None:
+        """Every file in order, runs of new event files read together; results emitted in
+        order."""
         pending: list[FileResult | _Candidate] = []
         size = 0
         for lf in files:
-            if not batch.batchable(lf):
+            if not read_together.readable_together(lf):
                 self._flush(pending)
                 size = 0
-                self.emit(self.file(lf))
+                self.emit(self.on_its_own(lf))
                 continue
             item = self._plan(lf)
             pending.append(item)
             if isinstance(item, _Candidate):
-                size += batch.weight(item.st.st_size, item.shape)
-                if size >= batch.BATCH_BYTES or len(pending) >= batch.MAX_FILES:
+                size += read_together.weight(item.st.st_size, item.shape)
+                if size >= read_together.BATCH_BYTES or len(pending) >= read_together.MAX_FILES:
                     self._flush(pending)
                     size = 0
         self._flush(pending)
@@ -209,7 +211,9 @@ class _Run:
         between the ones that go file by file, so a key's first copy is the one file by file
         loading keeps."""
         todo = [c for c in items if isinstance(c, _Candidate)]
-        staged = batch.stage(self.parser, [(c.lf.path, c.shape) for c in todo])
+        staged = read_together.read_new_event_files_together(
+            self.parser, [(c.lf.path, c.shape) for c in todo]
+        )
         # Decide every file first (only the hash skip writes, independently of the rest).
         plan: list[FileResult | tuple[_Candidate, Scanned] | BatchFile] = []
         idents: dict[str, FileIdentity] = {}
@@ -228,8 +232,9 @@ class _Run:
                 plan.append(settled)
                 continue
             name = str(lf.path)
-            rows = staged.rows.get(name, batch.NO_ROWS)
-            if name in staged.failed or not batch.verified(rows, item.shape, scanned.lines, lf.dt):
+            rows = staged.rows.get(name, read_together.NO_ROWS)
+            clean = read_together.verified(rows, item.shape, scanned.lines, lf.dt)
+            if name in staged.failed or not clean:
                 plan.append((item, scanned))
                 continue
             moved = self._moved(lf, st)
@@ -345,21 +350,25 @@ def pending_event_dts(wh: Warehouse, landing_dir: Path) -> list[date]:
     return sorted(pending)
 
 
-def _stage(
+def _read_one_file(
+    parser: duckdb.DuckDBPyConnection,
     lf: LandingFile,
     shape: landing.FileShape,
-    parser: duckdb.DuckDBPyConnection,
-    lines: int | None = None,
+    lines: int | None,
 ) -> StageCounts:
-    """Stage one file; a gzip stream that breaks off keeps its complete lines (see
-    `stage_broken_gzip`)."""
+    """Stage one file by the first read path that takes it (the table in `nudge.ingest`)."""
     try:
-        return stage_file(parser, lf.kind, lf.path, shape, lf.dt, lines)
-    except duckdb.IOException:
+        counts = read_clean_file(parser, lf.kind, lf.path, shape, lines, lf.dt)
+        if counts is None and shape.is_array:
+            counts = read_array_by_element(parser, lf.kind, lf.path, shape, lf.dt)
+        return counts or read_line_by_line(parser, lf.kind, lf.path, shape, lf.dt)
+    except duckdb.IOException as exc:
+        if not lf.path.exists():
+            raise FileVanished(str(lf.path)) from exc
         if not shape.gzip:
             raise
         with tempfile.TemporaryDirectory(prefix="nudge-gzip-") as tmp:
-            counts = stage_broken_gzip(parser, lf.kind, lf.path, lf.dt, Path(tmp))
+            counts = read_cut_short_gzip(parser, lf.kind, lf.path, lf.dt, Path(tmp))
         if counts is None:
             raise
         return counts

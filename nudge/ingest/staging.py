@@ -1,18 +1,10 @@
-"""Parse one dump file into a staging table, in DuckDB, set-based, with an explicit schema.
+"""The staging table every read path fills, and the judgement of its rows.
 
-The file is read as lines by DuckDB's CSV reader (one VARCHAR column, no quoting, a delimiter
-that JSON text cannot contain unescaped) and each line is parsed with `json_transform` against
-an explicit structure. This keeps every line, good or bad, with its number: `read_json` with
-`ignore_errors` would turn a bad line into an all-NULL row, losing the text and the reason.
-
-Line numbers come from the staging table's rowid: with `preserve_insertion_order` DuckDB
-inserts a parallel scan in file order, so rowid + 1 is the line number (blank lines are kept as
-rows for that reason). Lines the CSV reader itself refuses (not UTF-8, too long) are missing
-from the scan; they are taken from its rejects table and the numbering is shifted around them.
-
-Clean input takes one parse per line: `json_transform` raises on malformed JSON, and only
-then is the file staged again with a `json_valid` guard (a second parse) to quarantine the bad
-lines. The staged table holds parsed columns only, and the raw text of rejected lines.
+A read path (`read_together`, `read_clean`, `read_by_line`) turns a file's JSON into rows of
+STAGE: the kind's columns (COLUMNS), `reason` (null for a good row, '' for a blank line, else
+why the line is rejected) and `raw_text` of rejected lines. `stage_sql` is the one judgement
+they share, so a row is good or rejected for the same reason whichever path read it. STAGED
+adds each row's physical line number; `loading` moves STAGED into `raw`.
 """
 
 from __future__ import annotations
@@ -21,30 +13,18 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from nudge.ingest.fastpath import read_json_source, stage_fast
-from nudge.ingest.landing import FileShape, read_broken_gzip
 from nudge.ingest.report import Kind
 
 log = logging.getLogger(__name__)
 
 STAGE = "_nudge_stage"  # temp table: parsed rows of one file, `reason` null for good rows
 STAGED = "_nudge_staged"  # temp view over STAGE adding `line_no`
-_LINES = "_nudge_lines"
-_ELEMS = "_nudge_elems"
-_CSV_REJECTS = "_nudge_csv_rejects"
-_CSV_SCANS = "_nudge_csv_scans"
-_CSV_REJ_LINES = "_nudge_csv_rej_lines"
 
 RAW_TEXT_MAX = 4096
-# DuckDB's CSV reader default; a larger limit on every file halves its speed, so a file with a
-# longer line is read again with LONG_LINE_MAX (4x DuckDB's default JSON object size).
-DEFAULT_LINE_MAX = 2 * 1024 * 1024
-LONG_LINE_MAX = 64 * 1024 * 1024
 
 _TEXT = "VARCHAR"
 STRUCTURES: dict[Kind, dict[str, Any]] = {
@@ -175,7 +155,7 @@ _SELECT: dict[Kind, str] = {
 }
 
 
-# Fast-path rows the line-by-line path might treat differently: any that is not plainly good
+# Rows of a `read_json` read the line-by-line path might treat differently: any not plainly good
 # (its reason needs the line's text), and events without a transaction_id (keyed by the text).
 _UNSURE: dict[Kind, str] = {
     "events": "reason is not null or event_key is null",
@@ -186,12 +166,6 @@ _UNSURE: dict[Kind, str] = {
 
 class FileVanished(Exception):
     """The file was listed but could not be opened any more."""
-
-
-@dataclass(frozen=True)
-class _Bounds:
-    latest: str  # SQL timestamp: event times from it on are rejected
-    dt: str  # the dump day, for the reason text
 
 
 @dataclass
@@ -217,19 +191,8 @@ def prepare(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
 def restore(conn: duckdb.DuckDBPyConnection, prev: dict[str, str]) -> None:
     for name, value in prev.items():
         conn.execute(f"set {name} = '{value}'")
-    for t in (STAGE, _LINES, _ELEMS, _CSV_REJECTS, _CSV_SCANS, _CSV_REJ_LINES):
-        conn.execute(f"drop table if exists {t}")
+    conn.execute(f"drop table if exists {STAGE}")
     conn.execute(f"drop view if exists {STAGED}")
-
-
-def _read_lines(shape: FileShape, line_max: int) -> str:
-    """A `read_csv` call (path as the first `?`) yielding one row per physical line."""
-    return f"""read_csv(?, columns = {{'line': 'VARCHAR'}}, header = false, auto_detect = false,
-        delim = '\\x01', quote = '', escape = '', strict_mode = false,
-        new_line = '\\r\\n', compression = '{"gzip" if shape.gzip else "none"}',
-        max_line_size = {line_max}, ignore_errors = true, store_rejects = true,
-        rejects_table = '{_CSV_REJECTS}', rejects_scan = '{_CSV_SCANS}')"""
-    # new_line '\r\n' also ends lines at a bare '\n'; with '\n' a CRLF file gets extra rows.
 
 
 def latest_event_time(dt: date) -> datetime:
@@ -250,185 +213,15 @@ def _latest(dt: date | None) -> str:
     return f"timestamp '{latest_event_time(dt).isoformat(sep=' ')}'"
 
 
-def stage_file(
-    conn: duckdb.DuckDBPyConnection,
-    kind: Kind,
-    path: Path,
-    shape: FileShape,
-    dt: date | None = None,
-    lines: int | None = None,
-) -> StageCounts:
-    """Parse `path` into STAGE / STAGED (columns of COLUMNS[kind], reason, raw_text, line_no).
-
-    `dt` is the events' dump day: event times from before 2000 or more than a day after the end
-    of that day are rejected. `lines`, the file's physical line count (fastpath.scan), lets a
-    clean NDJSON file take the fast path; JSON arrays take it without.
-    """
-    bounds = _Bounds(latest=_latest(dt), dt=f"dt={dt.isoformat()}" if dt else "no dt")
-    try:
-        _drop_csv_rejects(conn)
-        fast = _stage_sql(kind, read_json_source(STRUCTURES[kind], shape), bounds, guarded=False)
-        if stage_fast(conn, path, shape, lines, fast, _UNSURE[kind], STAGE):
-            conn.execute(
-                f"create or replace temp view {STAGED} as "
-                f"select *, rowid + 1 as line_no from {STAGE}"
-            )
-            return _counts(conn)
-        if shape.is_array and _stage_array(conn, kind, path, shape, bounds):
-            return _counts(conn)
-        _stage_lines(conn, kind, path, shape, DEFAULT_LINE_MAX, bounds)
-        long_lines = _csv_rejects(conn, "error_type = 'LINE SIZE OVER MAXIMUM'")
-        if long_lines:
-            log.info(
-                "%s: %d lines over %d bytes; reading again", path, long_lines, DEFAULT_LINE_MAX
-            )
-            _stage_lines(conn, kind, path, shape, LONG_LINE_MAX, bounds)
-        _number_lines(conn)
-        return _counts(conn)
-    except duckdb.IOException as exc:
-        if not path.exists():
-            raise FileVanished(str(path)) from exc
-        raise
-
-
-def stage_broken_gzip(
-    conn: duckdb.DuckDBPyConnection,
-    kind: Kind,
-    path: Path,
-    dt: date | None,
-    workdir: Path,
-) -> StageCounts | None:
-    """Stage the complete lines of a gzip file whose stream breaks off, plus one rejected row
-    for the line cut short (its text as far as it goes), whose reason says the file is
-    truncated. None when the file is not gzip data at all (or it reads to its end after all).
-    """
-    body = workdir / "readable-part.jsonl"
-    try:
-        broken = read_broken_gzip(path, body)
-    except FileNotFoundError as exc:
-        raise FileVanished(str(path)) from exc
-    if broken is None or (broken.readable == 0 and broken.problem == "is corrupt"):
-        return None  # not a gzip stream at all: reported as an unreadable file
-    # A placeholder last line stands for the line cut short; it is rejected as not JSON and
-    # then given its real text and reason.
-    with body.open("ab") as f:
-        f.write(b"-\n")
-    what = "file truncated" if broken.problem == "ends early" else "file damaged"
-    reason = (
-        f"{what}: its gzip stream {broken.problem} after {broken.readable} bytes of data "
-        f"({broken.compressed} compressed bytes): the data breaks off in this line, and anything "
-        "after it is lost - export the file again"
-    )
-    stage_file(conn, kind, body, FileShape(gzip=False, is_array=False, crlf=False), dt)
-    conn.execute(
-        f"update {STAGE} set reason = ?, raw_text = ? "
-        f"where rowid = (select max(rowid) from {STAGE})",
-        [reason, broken.tail.decode("utf-8", "replace")[:RAW_TEXT_MAX]],
-    )
-    log.warning("%s: %s (line %d)", path, reason, broken.lines + 1)
-    return _counts(conn)
-
-
-def _drop_csv_rejects(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute(f"drop table if exists {_CSV_REJECTS}")
-    conn.execute(f"drop table if exists {_CSV_SCANS}")
-
-
-def _csv_rejects(conn: duckdb.DuckDBPyConnection, where: str = "true") -> int:
-    try:
-        row = conn.execute(f"select count(*) from {_CSV_REJECTS} where {where}").fetchone()
-    except duckdb.CatalogException:
-        return 0
-    return int(row[0]) if row else 0
-
-
-def _stage_lines(
-    conn: duckdb.DuckDBPyConnection,
-    kind: Kind,
-    path: Path,
-    shape: FileShape,
-    line_max: int,
-    bounds: _Bounds,
-) -> None:
-    source = _read_lines(shape, line_max)
-    try:
-        _drop_csv_rejects(conn)
-        conn.execute(_stage_sql(kind, source, bounds, guarded=False), [str(path)])
-    except duckdb.InvalidInputException as exc:
-        # Malformed JSON somewhere in the file: stage again, parsing only valid lines.
-        log.info("%s: malformed JSON (%s); quarantining line by line", path, str(exc)[:120])
-        _drop_csv_rejects(conn)
-        conn.execute(_stage_sql(kind, source, bounds, guarded=True), [str(path)])
-
-
-def _stage_array(
-    conn: duckdb.DuckDBPyConnection, kind: Kind, path: Path, shape: FileShape, bounds: _Bounds
-) -> bool:
-    """One JSON array per file (Moesif's batch shape, maybe pretty-printed): stage its elements.
-
-    Returns False when the file is not one valid JSON array; it is then read line by line.
-    """
-    _drop_csv_rejects(conn)
-    conn.execute(
-        f"create or replace temp table {_LINES} as "
-        f"select line from {_read_lines(shape, LONG_LINE_MAX)}",
-        [str(path)],
-    )
-    if _csv_rejects(conn):
-        return False
-    doc = f"(select string_agg(coalesce(line, ''), chr(10) order by rowid) as doc from {_LINES})"
-    # CASE, not AND: DuckDB evaluates both sides of AND, and json_type raises on invalid JSON
-    # (a lines file whose first line is an array would become unreadable).
-    row = conn.execute(
-        f"select case when json_valid(doc) then json_type(doc) = 'ARRAY' else false end from {doc}"
-    ).fetchone()
-    if not (row and row[0]):
-        return False
-    conn.execute(
-        f"create or replace temp table {_ELEMS} as "
-        f"select unnest(json_extract(doc, '$[*]'))::varchar as line from {doc}"
-    )
-    # Elements are re-serialized valid JSON, so the unguarded parse cannot fail.
-    conn.execute(_stage_sql(kind, f"(select line from {_ELEMS})", bounds, guarded=False))
+def number_rows(conn: duckdb.DuckDBPyConnection) -> StageCounts:
+    """STAGED over STAGE when row i is line i (nothing was dropped from the read); its counts."""
     conn.execute(
         f"create or replace temp view {STAGED} as select *, rowid + 1 as line_no from {STAGE}"
     )
-    return True
+    return counts(conn)
 
 
-def _number_lines(conn: duckdb.DuckDBPyConnection) -> None:
-    """STAGED: STAGE with the 1-based physical line number of each row."""
-    if not _csv_rejects(conn):
-        conn.execute(
-            f"create or replace temp view {STAGED} as select *, rowid + 1 as line_no from {STAGE}"
-        )
-        return
-    # The CSV reader dropped lines L1 < L2 < ... from the scan. The i-th dropped line has
-    # L_i - i kept rows before it, so kept row r (1-based) is physical line
-    # r + #{i : L_i - i < r}. Those dropped lines are added to STAGE as rejected rows.
-    conn.execute(
-        f"""create or replace temp table {_CSV_REJ_LINES} as
-        select line, line - row_number() over (order by line) as kept_before,
-               left(csv_line, {RAW_TEXT_MAX}) as raw_text,
-               case error_type
-                   when 'INVALID ENCODING' then 'line is not valid UTF-8'
-                   when 'LINE SIZE OVER MAXIMUM' then 'line longer than {LONG_LINE_MAX} bytes'
-                   else 'unreadable line: ' || error_message
-               end as reason
-        from (select distinct on (line) * from {_CSV_REJECTS} order by line)"""
-    )
-    conn.execute(
-        f"""create or replace temp view {STAGED} as
-        select s.*, s.rowid + 1 + (
-            select count(*) from {_CSV_REJ_LINES} r where r.kept_before < s.rowid + 1
-        ) as line_no
-        from {STAGE} s
-        union all by name
-        select reason, raw_text, line as line_no from {_CSV_REJ_LINES}"""
-    )
-
-
-def _counts(conn: duckdb.DuckDBPyConnection) -> StageCounts:
+def counts(conn: duckdb.DuckDBPyConnection) -> StageCounts:
     row = conn.execute(
         f"""select count(*) filter (where reason is null or reason <> ''),
                    count(*) filter (where reason is null),
@@ -440,46 +233,51 @@ def _counts(conn: duckdb.DuckDBPyConnection) -> StageCounts:
 
 
 def many_files_sql(kind: Kind, source: str, table: str | None = None) -> str:
-    """The rows of many files at once, judged as the fast path judges one file's, plus the
+    """The rows of many files at once, judged as `read_clean` judges one file's, plus the
     `filename` column of `source` (a union of `read_json_source(..., filename=True)`): a query,
     or with `table` the statement staging them into it.
 
     Every file is judged as if its dt had no upper bound: the caller checks each file's latest
     event time against its own dt (`latest_event_time`). Rows are unsure (`unsure_sql`) exactly
-    when the fast path would find them so; for events, exactly when event_key is null.
+    when `read_clean` would find them so; for events, exactly when event_key is null.
     """
-    bounds = _Bounds(latest=_latest(None), dt="no dt")
-    return _stage_sql(kind, source, bounds, guarded=False, table=table, carry="filename")
+    return stage_sql(kind, source, None, table=table, carry="filename")
 
 
 def unsure_sql(kind: Kind) -> str:
-    """Staged rows the fast path cannot vouch for (see `_UNSURE`)."""
+    """Staged rows a `read_json` read cannot vouch for (see `_UNSURE`)."""
     return _UNSURE[kind]
 
 
-def _stage_sql(
+def stage_sql(
     kind: Kind,
     source: str,
-    bounds: _Bounds,
+    dt: date | None,
     *,
-    guarded: bool,
+    guarded: bool = False,
     table: str | None = STAGE,
     carry: str = "",
 ) -> str:
-    """The statement staging `source` into `table` (None: the query alone)."""
+    """The statement staging `source` into `table` (None: the query alone).
+
+    `source` yields `line` (text, parsed here) or, from `read_json`, `j` already parsed. `dt` is
+    the events' dump day (None: no upper bound on event times); `guarded` parses only valid
+    JSON lines (a file with a malformed line), at the cost of a second parse.
+    """
     keep = f"{carry}, " if carry else ""  # a source column passed through to the table
     structure = json.dumps(STRUCTURES[kind]).replace("'", "''")
-    # A fastpath source yields `j` already parsed (and `line` null).
+    # A read_json source yields `j` already parsed (and `line` null).
     parse = "j" if "read_json(" in source else f"json_transform(line, '{structure}')"
     if guarded:
         parse = f"case when json_valid(line) then {parse} end"
     # `reason`: null for a good row, '' for a blank line (not a line read), else why rejected.
-    good = _GOOD[kind].replace("$LATEST", bounds.latest)
+    latest = _latest(dt)
+    good = _GOOD[kind].replace("$LATEST", latest)
     fails = (
         _FAILS[kind]
-        .replace("$LATEST", bounds.latest)
+        .replace("$LATEST", latest)
         .replace("$EARLIEST", EARLIEST_EVENT_TIME)
-        .replace("$DT", bounds.dt)
+        .replace("$DT", f"dt={dt.isoformat()}" if dt else "no dt")
     )
     query = f"""
     with parsed as (

@@ -7,10 +7,11 @@ import dagster as dg
 from dagster_dbt import get_asset_key_for_model
 
 from email_jobs.backends import make_backend
-from email_jobs.campaigns import Campaign
+from email_jobs.campaigns import Campaign, CampaignError
 from email_jobs.evaluate import EvaluationDeferred, compute_guard_inputs, evaluate_campaign
 from email_jobs.send import send_campaign
 from email_jobs.suppressions import sync_suppressions
+from email_jobs.template_columns import check_built_columns
 from nudge.asof import parse_as_of
 from nudge.evaluation_lock import CohortNotBuiltForInstant, HeldLock, check_built_for
 from orchestration.defs.email.campaigns import manifest_campaigns
@@ -134,7 +135,14 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                     description=f"Evaluation at {end:%Y-%m-%d %H:%M}Z deferred: {deferred}"
                 )
             suppressions = sync_suppressions(wh, settings)
+            refused: list[str] = []
             for c in selected:
+                try:  # a yml without `columns:`: its templates against the built model
+                    check_built_columns(wh, c)
+                except CampaignError as exc:  # this campaign fails; the others go on
+                    refused.append(str(exc))
+                    context.log.error(str(exc))
+                    continue
                 result = evaluate_campaign(
                     wh, c, end, settings, context.run.run_id, guard_inputs=guard_inputs
                 )
@@ -149,6 +157,8 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                     passed=not result.guard_reasons,
                     description="; ".join(result.guard_reasons) or "No guard fired.",
                 )
+            if refused:
+                raise dg.Failure(description="; ".join(refused))
 
     return cohort_evaluations
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from email_jobs.campaigns import Campaign, load_campaigns
+from email_jobs.campaigns import Campaign
+from email_jobs.template_columns import load_campaigns
 from orchestration.defs.transform.project import nudge_dbt_project
 
 

@@ -5,7 +5,7 @@ from datetime import date
 
 import dagster as dg
 
-from nudge.ingest import IngestReport, run_ingest
+from nudge.ingest import IngestReport, ingest_pending
 from orchestration.defs.runtime.partitions import days
 from orchestration.defs.runtime.resources import NudgeResource
 
@@ -38,7 +38,7 @@ def raw_events(context: dg.AssetExecutionContext, nudge: NudgeResource) -> dg.Ma
     settings = nudge.settings()
     dts = [date.fromisoformat(k) for k in context.partition_keys]
     with nudge.warehouse() as wh:
-        report = run_ingest(
+        report = ingest_pending(
             wh,
             settings.landing_dir,
             run_id=context.run.run_id,
@@ -66,7 +66,7 @@ def raw_profiles(
 ) -> Iterator[dg.MaterializeResult]:
     settings = nudge.settings()
     with nudge.warehouse() as wh:
-        report = run_ingest(
+        report = ingest_pending(
             wh,
             settings.landing_dir,
             run_id=context.run.run_id,

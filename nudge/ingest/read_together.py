@@ -1,14 +1,15 @@
-"""Many clean event files read by one `read_json` scan (DuckDB warehouse only).
+"""Read path for new event files on a DuckDB warehouse: many clean files in one scan.
 
-The per-file fast path (`fastpath`) costs about a dozen statements and a commit per file, and
-each file is a parallel scan of its own: on hour-sized dumps that costs more than the parsing.
-Here a batch of new event files is staged by one `read_json` per shape (plain or gzip, lines or
-array) with `filename = true`, into one temp table, with the fast path's structure and
-judgement; each file is then verified exactly as the fast path verifies one (`verified`). Files
-that pass load together (`Loader.load_batch`); any other file takes the per-file path
-unchanged, so quarantine and rejected rows are the same as file by file. A read error naming
-one file drops that file from the batch and reads the rest again; one naming none sends the
-whole batch file by file.
+Applies to event files with a literal path, new or changed, two or more in a row, when the
+warehouse is DuckDB (`run` decides). Read one at a time (`read_clean`), each file costs about a
+dozen statements and a commit, and each is a parallel scan of its own: on hour-sized dumps that
+costs more than the parsing. Here a batch is staged by one `read_json` per shape (plain or
+gzip, lines or array) with `filename = true` into one temp table, with `read_clean`'s structure
+and judgement; each file is then verified exactly as `read_clean` verifies one (`verified`).
+Files that pass load together (`Loader.load_batch`); any other file is read on its own, so
+quarantine and rejected rows are the same as file by file. A read error naming one file drops
+that file from the batch and reads the rest again; one naming none sends the whole batch file
+by file.
 
 Rows of one file are contiguous and in line order (insertion order is preserved and the scan
 reads the listed files in order), so a row's line number is its rowid minus its file's first
@@ -28,8 +29,8 @@ from pathlib import Path
 
 import duckdb
 
-from nudge.ingest.fastpath import read_json_source
 from nudge.ingest.landing import FileShape, LandingFile
+from nudge.ingest.read_clean import read_json_source
 from nudge.ingest.staging import STRUCTURES, latest_event_time, many_files_sql, unsure_sql
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ MAX_READ_FAILURES = 4
 _GLOB = frozenset("*?[]{}")  # read_json expands these: such a path could match other files
 
 
-def batchable(lf: LandingFile) -> bool:
+def readable_together(lf: LandingFile) -> bool:
     """Event files only (profiles are few and load differently), with a literal path."""
     return lf.kind == "events" and not _GLOB.intersection(str(lf.path))
 
@@ -65,7 +66,7 @@ class FileRows:
     """What a batch scan took from one file."""
 
     rows: int
-    unsure: int  # rows the fast path could not vouch for
+    unsure: int  # rows a read_json read cannot vouch for (`unsure_sql`)
     first_rowid: int
     last_rowid: int
     latest: datetime | None  # newest request time
@@ -83,9 +84,9 @@ class BatchFile:
 
 
 def verified(rows: FileRows | None, shape: FileShape, lines: int | None, dt: date | None) -> bool:
-    """True when the rows taken from a file are what the fast path would keep for it alone.
+    """True when the rows taken from a file are what `read_clean` would keep for it alone.
 
-    The fast path's conditions (no error, every row good and keyed, as many rows as physical
+    `read_clean`'s conditions (no error, every row good and keyed, as many rows as physical
     lines for NDJSON), with the dump day's bound on event times checked here per file, plus
     the contiguity the line numbering relies on.
     """
@@ -103,7 +104,9 @@ class Staged:
     failed: set[str]  # files the scan could not take: they go file by file
 
 
-def stage(conn: duckdb.DuckDBPyConnection, files: list[tuple[Path, FileShape]]) -> Staged:
+def read_new_event_files_together(
+    conn: duckdb.DuckDBPyConnection, files: list[tuple[Path, FileShape]]
+) -> Staged:
     """Stage every file into BATCH with one statement; see the module docstring."""
     conn.execute(f"drop table if exists {BATCH}")
     todo = [(path, shape) for path, shape in files]
@@ -152,7 +155,7 @@ def _scan_sql(
         groups.setdefault((shape.gzip, shape.is_array), []).append(str(path))
     reads = [
         "select * from "
-        + read_json_source(STRUCTURES["events"], FileShape(gz, array, crlf=False), filename=True)
+        + read_json_source(STRUCTURES["events"], FileShape(gz, array), filename=True)
         for gz, array in groups
     ]
     source = "(" + " union all ".join(reads) + ")"
