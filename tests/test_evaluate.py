@@ -37,7 +37,8 @@ CAMPAIGN = Campaign(
     cooldown_days=30,
     columns=("entity_id", "email", "first_name"),
 )
-LIMITS = GuardLimits()  # the contract's defaults
+SETTINGS = Settings(_env_file=None)
+LIMITS = GuardLimits()  # the contract's defaults, as in SETTINGS
 
 
 def day(n: float) -> datetime:
