@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -185,30 +185,24 @@ def evaluate_campaign(
     new_entries += due_step_entries(wh, campaign, members, end, eval_id, guard_inputs)
 
     kind: Literal["baseline", "diff"] = "baseline" if who.baseline else "diff"
-    with wh.transaction():
-        store.record_membership(wh, name, campaign.cohort, wh.relation(campaign.relation_name), end)
-        inserted = insert_entries(wh, new_entries)
-        states = store.ledger_states(wh, entry_keys)
-        counts = Counter(s for s, _ in states.values())
-        store.upsert_evaluation(
-            wh,
-            store.EvaluationRow(
-                evaluation_id=eval_id,
-                campaign=name,
-                cohort=campaign.cohort,
-                as_of=end,
-                run_id=run_id,
-                kind=kind,
-                previous_as_of=previous,
-                members=len(members),
-                entered=len(who.diff.entered),
-                exited=len(who.diff.exited),
-                sendable=counts.get(State.PENDING, 0),
-                skipped=counts.get(State.SKIPPED, 0),
-                held=counts.get(State.HELD, 0),
-                guard_reasons=list(guards.values()),
-            ),
-        )
+    evaluation = store.EvaluationRow(
+        evaluation_id=eval_id,
+        campaign=name,
+        cohort=campaign.cohort,
+        as_of=end,
+        run_id=run_id,
+        kind=kind,
+        previous_as_of=previous,
+        members=len(members),
+        entered=len(who.diff.entered),
+        exited=len(who.diff.exited),
+        sendable=0,  # counted from the ledger rows, once written
+        skipped=0,
+        held=0,
+        guard_reasons=list(guards.values()),
+    )
+    inserted, states = _record(wh, campaign, evaluation, new_entries, entry_keys)
+    counts = Counter(s for s, _ in states.values())
     result = EvaluationResult(
         campaign=name,
         cohort=campaign.cohort,
@@ -229,6 +223,33 @@ def evaluate_campaign(
     )
     log.info("%s", result.summary())
     return result
+
+
+def _record(
+    wh: Warehouse,
+    campaign: Campaign,
+    evaluation: store.EvaluationRow,
+    new_entries: list[NewEntry],
+    entry_keys: list[str],
+) -> tuple[int, dict[str, tuple[str, str | None]]]:
+    """Record the membership, the new ledger rows and the evaluation in one transaction:
+    (rows inserted, {entry key: (state, reason)} of this instant's entries)."""
+    with wh.transaction():
+        relation = wh.relation(campaign.relation_name)
+        store.record_membership(wh, campaign.name, campaign.cohort, relation, evaluation.as_of)
+        inserted = insert_entries(wh, new_entries)
+        states = store.ledger_states(wh, entry_keys)
+        counts = Counter(s for s, _ in states.values())
+        store.upsert_evaluation(
+            wh,
+            replace(
+                evaluation,
+                sendable=counts.get(State.PENDING, 0),
+                skipped=counts.get(State.SKIPPED, 0),
+                held=counts.get(State.HELD, 0),
+            ),
+        )
+    return inserted, states
 
 
 def _decide(

@@ -55,6 +55,7 @@ from email_jobs.ledger import (
     ClaimedRow,
     Outcome,
     Recorded,
+    Screened,
     State,
     claim_for_send,
     count_pending,
@@ -459,27 +460,10 @@ def _send_all(
 
     `stop` (a refused credential, a lost lease) ends the claiming; the batches in flight are
     recorded, their rows not yet started going back to pending."""
-    wh = conn.wh
     refused: list[str] = []  # the credential error, one line
-    ensure_schema(wh)
-    recovered = recover_claims(wh, campaign.name, run_id, campaign.on_unknown)
-    if campaign.on_unknown == "resend":
-        report.recovered_resend = recovered
-    else:
-        report.recovered_unknown = recovered
-    report.pending_at_start = count_pending(wh, campaign.name, run_id)
+    _recover(conn.wh, campaign, run_id, report)
     if as_of is None:
-        as_of = latest_evaluation_instant(wh, campaign.name)
-    if recovered:
-        log.warning(
-            "campaign %s: %d row(s) were left claimed by a run that did not finish; they are now "
-            "%s",
-            campaign.name,
-            recovered,
-            "pending again (on_unknown: resend)"
-            if campaign.on_unknown == "resend"
-            else "unknown (release them with `nudge release --unknown` after checking)",
-        )
+        as_of = latest_evaluation_instant(conn.wh, campaign.name)
     in_flight: deque[list[Future[_Attempt]]] = deque()
     exhausted = False
     pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="nudge-send")
@@ -496,49 +480,22 @@ def _send_all(
                 if a.delivery and a.delivery.result and a.delivery.result.status == "credential"
             ]
             recorded = [_recorded(a, max_total_attempts) for a in done]
-            claimed: list[ClaimedRow] = []
             if recorded:
                 fault_point("before_record")
+            screened: Screened | None = None
             if recorded and exhausted:
                 conn.call(lambda w, recorded=recorded: record_outcomes(w, run_id, recorded))
-                wh = conn.wh
                 fault_point("after_record")
-            # Otherwise the outcomes are committed with the next claim, in one transaction.
-            to_record = [] if exhausted else recorded
-            while not exhausted and not claimed:
-                fault_point("before_claim")
-                claim = conn.call(
-                    lambda w, to_record=to_record: claim_for_send(
-                        w,
-                        campaign.name,
-                        run_id,
-                        batch_size,
-                        as_of=as_of,
-                        max_per_recipient_per_day=options.max_per_recipient_per_day,
-                        recorded=to_record,
-                        lease_s=options.lease_s,
-                    )
+            elif not exhausted:  # the outcomes are committed with the claim, one transaction
+                screened = _claim_next(
+                    conn, campaign, run_id, batch_size, as_of, options, recorded, report
                 )
-                wh = conn.wh
-                if to_record:
-                    fault_point("after_record")
-                to_record = []
-                fault_point("after_claim")
-                report.deferred += claim.deferred
-                exhausted = not claim.rows and not claim.deferred
-                # The suppression list as it is now: drops addresses from these messages, and
-                # skips the rows left without a To address.
-                screened = conn.call(
-                    lambda w, rows=claim.rows: screen_claimed(w, campaign, run_id, rows)
-                )
-                wh = conn.wh
-                report.suppressed += screened.skipped
-                claimed = screened.rows
+                exhausted = screened is None
             for r in recorded:
                 _count(report, r)
             report.attempts += sum(a.delivery.attempts for a in done if a.delivery)
-            if claimed:
-                report.claimed += len(claimed)
+            if screened:
+                report.claimed += len(screened.rows)
                 in_flight.append(
                     [
                         pool.submit(
@@ -553,21 +510,11 @@ def _send_all(
                             rand,
                             stop,
                         )
-                        for row in claimed
+                        for row in screened.rows
                     ]
                 )
             if recorded:
-                log.info(
-                    "campaign %s: sent %d/%d (failed %d, retry later %d, deferred %d, "
-                    "delivery unknown %d)",
-                    campaign.name,
-                    report.sent,
-                    report.pending_at_start,
-                    report.failed,
-                    report.retry_later,
-                    report.deferred,
-                    report.delivery_unknown,
-                )
+                _log_progress(campaign, report)
     except BaseException:
         # Ending on an error: no attempt starts any more and no backoff is waited out.
         stop.set()
@@ -581,6 +528,81 @@ def _send_all(
             f"campaign {campaign.name}: run {run_id} could not renew its claims' lease; it "
             "stopped, and a later run sends what is left"
         )
+
+
+def _recover(wh: Warehouse, campaign: Campaign, run_id: str, report: SendReport) -> None:
+    """Rows dead runs left claimed become unknown (or pending); count what is pending."""
+    ensure_schema(wh)
+    recovered = recover_claims(wh, campaign.name, run_id, campaign.on_unknown)
+    if campaign.on_unknown == "resend":
+        report.recovered_resend = recovered
+    else:
+        report.recovered_unknown = recovered
+    report.pending_at_start = count_pending(wh, campaign.name, run_id)
+    if recovered:
+        log.warning(
+            "campaign %s: %d row(s) were left claimed by a run that did not finish; they are now "
+            "%s",
+            campaign.name,
+            recovered,
+            "pending again (on_unknown: resend)"
+            if campaign.on_unknown == "resend"
+            else "unknown (release them with `nudge release --unknown` after checking)",
+        )
+
+
+def _claim_next(
+    conn: _Connection,
+    campaign: Campaign,
+    run_id: str,
+    batch_size: int,
+    as_of: datetime | None,
+    options: SendOptions,
+    to_record: list[Recorded],
+    report: SendReport,
+) -> Screened | None:
+    """Claim batches (the first one's transaction records `to_record`) until one has rows to
+    send after the suppression screen; None when no pending row is left for this run."""
+    while True:
+        fault_point("before_claim")
+        claim = conn.call(
+            lambda w, to_record=to_record: claim_for_send(
+                w,
+                campaign.name,
+                run_id,
+                batch_size,
+                as_of=as_of,
+                max_per_recipient_per_day=options.max_per_recipient_per_day,
+                recorded=to_record,
+                lease_s=options.lease_s,
+            )
+        )
+        if to_record:
+            fault_point("after_record")
+        to_record = []
+        fault_point("after_claim")
+        report.deferred += claim.deferred
+        # The suppression list as it is now: drops addresses from these messages, and skips the
+        # rows left without a To address.
+        screened = conn.call(lambda w, rows=claim.rows: screen_claimed(w, campaign, run_id, rows))
+        report.suppressed += screened.skipped
+        if screened.rows:
+            return screened
+        if not claim.rows and not claim.deferred:
+            return None
+
+
+def _log_progress(campaign: Campaign, report: SendReport) -> None:
+    log.info(
+        "campaign %s: sent %d/%d (failed %d, retry later %d, deferred %d, delivery unknown %d)",
+        campaign.name,
+        report.sent,
+        report.pending_at_start,
+        report.failed,
+        report.retry_later,
+        report.deferred,
+        report.delivery_unknown,
+    )
 
 
 def _count(report: SendReport, r: Recorded) -> None:
