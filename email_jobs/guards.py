@@ -11,7 +11,7 @@ from the wall clock, so that a replay of the same instant decides the same way.
   median of the 7 preceding 24-hour windows (checked only when at least 3 of those windows have
   events). The evaluation is deferred. A knob <= 0 turns its check off.
 - broken export: the ingest run's rejected share > NUDGE_MAX_REJECTED_SHARE: sends are held.
-- blast radius: per campaign, decided in `email_jobs.evaluate`; sends are held.
+- blast radius: per campaign, decided in `email_jobs.decisions.decide_holds`; sends are held.
 """
 
 from __future__ import annotations
