@@ -26,11 +26,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from email_jobs.addresses import normalize_address
+from email_jobs import store
 from email_jobs.campaigns import Campaign
+from email_jobs.decisions import decide_step, due_step
 from email_jobs.guards import GuardInputs
-from email_jobs.ledger import NewEntry, State, ledger_key, payload_json, suppressed_emails
-from email_jobs.recipients import drop_suppressed, dropped_json, message_recipients
+from email_jobs.ledger import NewEntry, entry_row, ledger_key
+from email_jobs.recipients import message_recipients
 from nudge.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -45,28 +46,6 @@ def step_campaign(campaign: Campaign, step: int) -> Campaign:
     return replace(campaign, template=campaign.steps[step].template)
 
 
-def step_due_at(campaign: Campaign, entry_as_of: datetime, step: int) -> datetime:
-    return entry_as_of + timedelta(days=campaign.steps[step].delay_days)
-
-
-def _stayed_in(
-    wh: Warehouse, campaign: str, entity_id: str, since: datetime, end: datetime
-) -> bool:
-    """Was the entity a member at every evaluation of the campaign in (since, end)?"""
-    row = wh.fetchone(
-        """
-        select count(*) from nudge.evaluations ev
-        where ev.campaign = ? and ev.as_of > ? and ev.as_of < ?
-          and not exists (
-            select 1 from nudge.cohort_membership m
-            where m.campaign = ev.campaign and m.as_of = ev.as_of and m.entity_id = ?
-          )
-        """,
-        [campaign, since, end, entity_id],
-    )
-    return not row or int(row[0]) == 0
-
-
 def due_step_entries(
     wh: Warehouse,
     campaign: Campaign,
@@ -79,66 +58,42 @@ def due_step_entries(
     if len(campaign.steps) < 2 or guard_inputs.stale_reason:
         return []
     since = end - timedelta(days=campaign.steps[-1].delay_days) - LATE_LIMIT
-    rows = wh.fetchall(
-        "select entity_id, entry_as_of, step, state, evaluation_id from nudge.send_ledger "
-        "where campaign = ? and entry_as_of >= ? and entry_as_of < ?",
-        [campaign.name, since, end],
-    )
     entries: dict[tuple[str, datetime], dict[int, tuple[str, str]]] = defaultdict(dict)
-    for entity_id, entry_as_of, step, state, eval_id in rows:
-        entries[(entity_id, entry_as_of)][int(step)] = (state, eval_id)
+    for entity_id, entry_as_of, step, state, eval_id in store.drip_rows(
+        wh, campaign.name, since, end
+    ):
+        entries[(entity_id, entry_as_of)][step] = (state, eval_id)
+    delays = [s.delay_days for s in campaign.steps]
 
     suppressed: set[str] | None = None
     result: list[NewEntry] = []
     for (entity_id, entry_as_of), steps in sorted(entries.items()):
-        if 0 not in steps:
+        step = due_step(
+            steps,
+            entry_as_of=entry_as_of,
+            delays_days=delays,
+            end=end,
+            evaluation_id=evaluation_id,
+            late_limit=LATE_LIMIT,
+        )
+        if step is None:
             continue
-        step = max(steps) + 1
-        if step >= len(campaign.steps):
-            continue
-        due = step_due_at(campaign, entry_as_of, step)
-        if due > end or end - due > LATE_LIMIT:
-            continue
-        previous_state, previous_eval = steps[step - 1]
-        if previous_state != State.SENT or previous_eval == evaluation_id:
-            continue
-        if entity_id not in members or not _stayed_in(
+        if entity_id not in members or store.absent_since(
             wh, campaign.name, entity_id, entry_as_of, end
         ):
             continue  # left the cohort: the drip stops here
         if suppressed is None:
-            suppressed = suppressed_emails(wh)
+            suppressed = store.suppressed_emails(wh)
         row = members[entity_id]
-        email = row.get("email")
-        address = normalize_address(email)
-        kept, dropped = drop_suppressed(message_recipients(campaign, row), suppressed)
-        state, reason = State.PENDING, None
-        if email is None or str(email).strip() == "":
-            state, reason = State.SKIPPED, "no_email"
-        elif address is None:
-            state, reason = State.SKIPPED, "invalid_email"
-        elif not kept.to:  # a suppressed address is dropped; no To left: nothing to send
-            state, reason = State.SKIPPED, "suppressed"
-        elif guard_inputs.broken_export_reason:
-            state, reason = State.HELD, "broken_export"
-        if kept.to:
-            address = kept.to[0]
-        result.append(
-            NewEntry(
-                ledger_key=ledger_key(campaign.name, entity_id, entry_as_of, step),
-                campaign=campaign.name,
-                entity_id=entity_id,
-                entry_as_of=entry_as_of,
-                step=step,
-                evaluation_id=evaluation_id,
-                state=state,
-                reason=reason,
-                recipient=address or (str(email).strip() if email else None),
-                payload=payload_json(row),
-                suppressed_recipients=dropped_json(dropped) if reason in (None, "suppressed")
-                or state == State.HELD else None,
-            )
+        decision = decide_step(
+            entity_id,
+            ledger_key(campaign.name, entity_id, entry_as_of, step),
+            row.get("email"),
+            message_recipients(campaign, row),
+            suppressed=suppressed,
+            broken_export=bool(guard_inputs.broken_export_reason),
         )
+        result.append(entry_row(decision, campaign.name, entry_as_of, step, evaluation_id, row))
     if result:
         log.info("campaign %s: %d drip step(s) due at %s", campaign.name, len(result), end)
     return result

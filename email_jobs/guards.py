@@ -11,7 +11,7 @@ from the wall clock, so that a replay of the same instant decides the same way.
   median of the 7 preceding 24-hour windows (checked only when at least 3 of those windows have
   events). The evaluation is deferred. A knob <= 0 turns its check off.
 - broken export: the ingest run's rejected share > NUDGE_MAX_REJECTED_SHARE: sends are held.
-- blast radius: per campaign, decided in `email_jobs.evaluate`; sends are held.
+- blast radius: per campaign, decided in `email_jobs.decisions.decide_holds`; sends are held.
 """
 
 from __future__ import annotations
@@ -21,16 +21,43 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from nudge.asof import to_iso
-from nudge.settings import Settings
 from nudge.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from nudge.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DAY = timedelta(days=1)
 VOLUME_HISTORY_DAYS = 7
 VOLUME_MIN_DAYS_WITH_EVENTS = 3
+
+
+@dataclass(frozen=True)
+class GuardLimits:
+    """The guards' knobs (contract "Guards"), the only settings an evaluation reads. The
+    defaults are the contract's."""
+
+    max_send_lag_days: float = 2
+    freshness_hours: float = 48
+    min_day_volume_share: float = 0.1
+    max_rejected_share: float = 0.01
+    max_sends_per_evaluation: int = 500
+    max_entry_share: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GuardLimits:
+        return cls(
+            max_send_lag_days=settings.max_send_lag_days,
+            freshness_hours=settings.freshness_hours,
+            min_day_volume_share=settings.min_day_volume_share,
+            max_rejected_share=settings.max_rejected_share,
+            max_sends_per_evaluation=settings.max_sends_per_evaluation,
+            max_entry_share=settings.max_entry_share,
+        )
 
 
 class EvaluationDeferred(Exception):
@@ -191,7 +218,7 @@ def rejected_share_of_run(wh: Warehouse, run_id: str | Sequence[str]) -> float |
 def compute_guard_inputs(
     wh: Warehouse,
     end: datetime,
-    settings: Settings,
+    limits: GuardLimits,
     *,
     run_id: str | Sequence[str] | None = None,
     rejected_share: float | None = None,
@@ -204,7 +231,7 @@ def compute_guard_inputs(
     if rejected_share is None and run_id is not None:
         rejected_share = rejected_share_of_run(wh, run_id)
     newest = _newest_events_dt(wh)
-    recent, days = _event_counts(wh, end, settings.freshness_hours)
+    recent, days = _event_counts(wh, end, limits.freshness_hours)
     day_volume, previous = days[0], tuple(days[1:])
     inputs = GuardInputs(
         end=end,
@@ -213,16 +240,16 @@ def compute_guard_inputs(
         day_volume=day_volume,
         previous_day_volumes=previous,
         rejected_share=rejected_share,
-        stale_reason=stale_reason(end, newest, settings.max_send_lag_days),
+        stale_reason=stale_reason(end, newest, limits.max_send_lag_days),
         deferred_reason=freshness_reason(
             end,
             recent,
             day_volume,
             previous,
-            settings.freshness_hours,
-            settings.min_day_volume_share,
+            limits.freshness_hours,
+            limits.min_day_volume_share,
         ),
-        broken_export_reason=broken_export_reason(rejected_share, settings.max_rejected_share),
+        broken_export_reason=broken_export_reason(rejected_share, limits.max_rejected_share),
     )
     if inputs.deferred_reason:
         raise EvaluationDeferred(inputs.deferred_reason, inputs)

@@ -1,6 +1,7 @@
-"""The `nudge` schema: evaluations, membership history, the send ledger and its state machine.
+"""The send ledger's state machine, and the operations that move its rows (claim, record, lease).
 
-Portable DDL and SQL (DuckDB and Postgres). Times are naive UTC `timestamp`s.
+The SQL and the DDL are email_jobs.store's; the frequency cap's and the suppression screen's
+decisions are email_jobs.decisions'. This module says which moves are allowed and makes them.
 
 A ledger row is one entry of one member into one campaign's cohort (plus a step, 0 for now). Its
 key is `campaign|entity_id|entry instant (ISO)|step`, so evaluating the same instant again finds
@@ -31,23 +32,44 @@ claimed, sent or unknown within a day of that instant keeps the rest `pending`
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from email_jobs.faults import fault_point
+from email_jobs import store
+from email_jobs.campaigns import Campaign
+from email_jobs.decisions import Decision, cap_partition, screen_rows
+from email_jobs.recipients import message_recipients
+from email_jobs.store import (
+    ClaimedRow,
+    NewEntry,
+    active_suppressions,
+    count_pending,
+    db_utcnow,
+    ensure_schema,
+    payload_json,
+    state_counts,
+    suppressed_emails,
+)
 from nudge.asof import to_iso
 from nudge.warehouse import Warehouse
 
-log = logging.getLogger(__name__)
+# Re-exported: the rows the ledger moves, and the store functions its callers read it with.
+__all__ = [
+    "ClaimedRow",
+    "NewEntry",
+    "count_pending",
+    "db_utcnow",
+    "ensure_schema",
+    "payload_json",
+    "state_counts",
+    "suppressed_emails",
+]
 
-SCHEMA = "nudge"
+log = logging.getLogger(__name__)
 
 
 class State(StrEnum):
@@ -145,213 +167,47 @@ def recovered_state(on_unknown: str) -> State:
     return State.PENDING if on_unknown == "resend" else State.UNKNOWN
 
 
-# -- DDL -----------------------------------------------------------------------------------
-
-DDL: tuple[str, ...] = (
-    "create schema if not exists nudge",
-    # One row per completed evaluation of a campaign at an instant; re-evaluating updates it.
-    """
-    create table if not exists nudge.evaluations (
-        evaluation_id  varchar not null primary key,
-        campaign       varchar not null,
-        cohort         varchar not null,
-        as_of          timestamp not null,
-        run_id         varchar,
-        kind           varchar not null,      -- baseline | diff
-        previous_as_of timestamp,
-        members        bigint not null,
-        entered        bigint not null,
-        exited         bigint not null,
-        sendable       bigint not null,       -- entries left pending
-        skipped        bigint not null,
-        held           bigint not null,
-        guard_reasons  text,                  -- JSON array of sentences
-        evaluated_at   timestamp not null,
-        unique (campaign, as_of)
-    )
-    """,
-    # Who was in which campaign's cohort at which evaluation instant.
-    """
-    create table if not exists nudge.cohort_membership (
-        campaign   varchar not null,
-        cohort     varchar not null,
-        as_of      timestamp not null,
-        entity_id  varchar not null,
-        email      varchar
-    )
-    """,
-    """
-    create table if not exists nudge.send_ledger (
-        ledger_key           varchar not null primary key,
-        campaign             varchar not null,
-        entity_id            varchar not null,
-        entry_as_of          timestamp not null,
-        step                 integer not null,
-        evaluation_id        varchar not null,
-        state                varchar not null,
-        reason               varchar,
-        recipient            varchar,
-        payload              text,          -- the cohort row at entry, JSON
-        provider_message_id  varchar,
-        attempts             integer not null,
-        last_error           text,
-        claimed_by           varchar,       -- the run that last claimed the row
-        claimed_at           timestamp,
-        sent_at              timestamp,
-        sent_as_of           timestamp,     -- evaluation instant of the run that claimed it
-        created_at           timestamp not null,
-        updated_at           timestamp not null
-    )
-    """,
-    # Ledgers created before the frequency cap.
-    "alter table nudge.send_ledger add column if not exists sent_as_of timestamp",
-    # Ledgers created before leases: until when the claiming run is known to be alive.
-    "alter table nudge.send_ledger add column if not exists lease_expires_at timestamp",
-    # Who a message was not sent to because they are suppressed: JSON [{"address", "role"}].
-    "alter table nudge.send_ledger add column if not exists suppressed_recipients text",
-    # Normalized, lower-cased addresses; source: `csv:suppressions/<file>`, `sendgrid:<list>`
-    # or `manual`. Append-only but for lifting (email_jobs.suppressions): a row is active while
-    # `lifted_at` is null; every reader uses active rows only.
-    """
-    create table if not exists nudge.suppressions (
-        email       varchar not null,
-        reason      varchar,
-        source      varchar
-    )
-    """,
-    "alter table nudge.suppressions add column if not exists first_seen_at timestamp",
-    "alter table nudge.suppressions add column if not exists source_time timestamp",
-    "alter table nudge.suppressions add column if not exists added_by varchar",
-    "alter table nudge.suppressions add column if not exists lifted_at timestamp",
-    "alter table nudge.suppressions add column if not exists lifted_by varchar",
-    "alter table nudge.suppressions add column if not exists lifted_reason text",
-)
-
-
-_ADD_COLUMN = re.compile(
-    r"^\s*alter table (\w+)\.(\w+) add column if not exists (\w+)\b", re.IGNORECASE
-)
-
-
-def ensure_schema(wh: Warehouse) -> None:
-    """Create what is missing. On Postgres an `alter table ... add column if not exists` takes
-    the table's exclusive lock even when the column exists, and deadlocks with a concurrent
-    send run's reads: a column already there is not altered again."""
-    with wh.transaction():
-        for stmt in DDL:
-            added = _ADD_COLUMN.match(stmt) if wh.kind == "postgres" else None
-            if added and wh.fetchone(
-                "select 1 from information_schema.columns "
-                "where table_schema = ? and table_name = ? and column_name = ?",
-                list(added.groups()),
-            ):
-                continue
-            wh.execute(stmt)
-
-
-def utcnow() -> datetime:
-    """Wall-clock time, for bookkeeping columns only (never for decisions)."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, bytes | bytearray):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def payload_json(row: dict[str, Any]) -> str:
-    return json.dumps(row, default=_json_default, sort_keys=True)
-
-
-def affected_rows(wh: Warehouse, sql: str, params: Sequence[Any]) -> int:
-    """Run an insert/update/delete and return how many rows it touched."""
-    cur = wh.execute(sql, params)
-    if wh.kind == "duckdb":
-        row = cur.fetchone()
-        return int(row[0]) if row else 0
-    return int(cur.rowcount)
-
-
-def placeholders(n: int) -> str:
-    return ", ".join("?" * n)
-
-
 # -- writing entries ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NewEntry:
-    ledger_key: str
-    campaign: str
-    entity_id: str
-    entry_as_of: datetime
-    step: int
-    evaluation_id: str
-    state: State
-    reason: str | None
-    recipient: str | None
-    payload: str
-    suppressed_recipients: str | None = None  # JSON [{"address", "role"}] dropped from it
+def entry_row(
+    decision: Decision,
+    campaign: str,
+    entry_as_of: datetime,
+    step: int,
+    evaluation_id: str,
+    row: dict[str, Any],
+) -> NewEntry:
+    """The ledger row that records a decision: skipped(reason), held(guard), or pending."""
+    if decision.skip:
+        state, reason = State.SKIPPED, decision.skip
+    elif decision.held:
+        state, reason = State.HELD, decision.held
+    else:
+        state, reason = State.PENDING, None
+    return NewEntry(
+        ledger_key=decision.key,
+        campaign=campaign,
+        entity_id=decision.entity_id,
+        entry_as_of=entry_as_of,
+        step=step,
+        evaluation_id=evaluation_id,
+        state=state,
+        reason=reason,
+        recipient=decision.recipient,
+        payload=payload_json(row),
+        suppressed_recipients=decision.suppressed_json(),
+    )
 
 
 def insert_entries(wh: Warehouse, entries: Iterable[NewEntry], chunk: int = 200) -> int:
-    """Insert-if-absent on ledger_key; returns how many rows were new."""
-    now = utcnow()
-    rows: list[list[Any]] = []
-    for e in entries:
+    """Insert-if-absent on ledger_key; a row starts pending, skipped or held. Returns how many
+    rows were new."""
+    rows = list(entries)
+    for e in rows:
         if e.state not in INITIAL_STATES:
             raise LedgerError(f"send ledger: {e.ledger_key} cannot start as {e.state!r}")
-        rows.append(
-            [
-                e.ledger_key,
-                e.campaign,
-                e.entity_id,
-                e.entry_as_of,
-                e.step,
-                e.evaluation_id,
-                str(e.state),
-                e.reason,
-                e.recipient,
-                e.payload,
-                e.suppressed_recipients,
-                0,
-                now,
-                now,
-            ]
-        )
-    inserted = 0
-    for i in range(0, len(rows), chunk):
-        part = rows[i : i + chunk]
-        values = ", ".join(f"({placeholders(14)})" for _ in part)
-        inserted += affected_rows(
-            wh,
-            f"""
-            insert into nudge.send_ledger (ledger_key, campaign, entity_id, entry_as_of, step,
-                evaluation_id, state, reason, recipient, payload, suppressed_recipients, attempts,
-                created_at, updated_at)
-            values {values}
-            on conflict (ledger_key) do nothing
-            """,
-            [v for row in part for v in row],
-        )
-    return inserted
-
-
-def existing_keys(
-    wh: Warehouse, campaign: str, entry_as_of: datetime
-) -> dict[str, tuple[str, str]]:
-    """ledger_key -> (state, reason) of the campaign's rows for entries at this instant."""
-    rows = wh.fetchall(
-        "select ledger_key, state, reason from nudge.send_ledger "
-        "where campaign = ? and entry_as_of = ?",
-        [campaign, entry_as_of],
-    )
-    return {k: (s, r) for k, s, r in rows}
+    return store.insert_ledger_rows(wh, rows, chunk)
 
 
 def cooldown_blockers(
@@ -359,91 +215,16 @@ def cooldown_blockers(
 ) -> set[str]:
     """Entities with a row that started a cooldown (not skipped/failed) and an entry instant
     strictly inside (low, high), other than entries at `exclude_as_of` itself."""
-    rows = wh.fetchall(
-        f"""
-        select distinct entity_id from nudge.send_ledger
-        where campaign = ? and entry_as_of > ? and entry_as_of < ? and entry_as_of <> ?
-          and state not in ({placeholders(len(NO_COOLDOWN_STATES))})
-        """,
-        [campaign, low, high, exclude_as_of, *sorted(NO_COOLDOWN_STATES)],
-    )
-    return {r[0] for r in rows}
+    return store.cooldown_blockers(wh, campaign, low, high, exclude_as_of, NO_COOLDOWN_STATES)
 
 
 def addresses_at(wh: Warehouse, campaign: str, entry_as_of: datetime, step: int) -> set[str]:
     """Lower-cased recipients of the campaign's entries at this instant and step that went or
     will go out (not skipped or failed)."""
-    rows = wh.fetchall(
-        f"""
-        select distinct lower(recipient) from nudge.send_ledger
-        where campaign = ? and entry_as_of = ? and step = ? and recipient is not null
-          and state not in ({placeholders(len(NO_COOLDOWN_STATES))})
-        """,
-        [campaign, entry_as_of, step, *sorted(NO_COOLDOWN_STATES)],
-    )
-    return {r[0] for r in rows}
-
-
-ACTIVE_SUPPRESSION = "lifted_at is null"  # a lifted suppression no longer counts
-
-
-def suppressed_emails(wh: Warehouse) -> set[str]:
-    rows = wh.fetchall(
-        f"select email from nudge.suppressions where email is not null and {ACTIVE_SUPPRESSION}"
-    )
-    return {r[0].strip().lower() for r in rows}
-
-
-def active_suppressions(wh: Warehouse, addresses: Iterable[str], chunk: int = 500) -> set[str]:
-    """The given lower-cased addresses that are suppressed now (one query per chunk)."""
-    wanted = sorted(set(addresses))
-    found: set[str] = set()
-    for i in range(0, len(wanted), chunk):
-        part = wanted[i : i + chunk]
-        rows = wh.fetchall(
-            f"select distinct email from nudge.suppressions where {ACTIVE_SUPPRESSION} "
-            f"and email in ({placeholders(len(part))})",
-            part,
-        )
-        found |= {r[0] for r in rows}
-    return found
-
-
-def rows_with_drops(wh: Warehouse, keys: Sequence[str]) -> set[str]:
-    """The given ledger rows that record suppressed recipients."""
-    if not keys:
-        return set()
-    rows = wh.fetchall(
-        f"select ledger_key from nudge.send_ledger where ledger_key in "
-        f"({placeholders(len(keys))}) and suppressed_recipients is not null",
-        list(keys),
-    )
-    return {r[0] for r in rows}
+    return store.addresses_at(wh, campaign, entry_as_of, step, NO_COOLDOWN_STATES)
 
 
 # -- the send side ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClaimedRow:
-    ledger_key: str
-    campaign: str
-    entity_id: str
-    entry_as_of: datetime
-    step: int
-    recipient: str | None
-    payload: dict[str, Any]
-    attempts: int
-
-
-def db_utcnow(wh: Warehouse) -> datetime:
-    """Now, naive UTC, from the clock every run compares leases with: the Postgres server's (one
-    clock for every sending machine), or this machine's for DuckDB (one machine by design)."""
-    if wh.kind == "postgres":
-        row = wh.fetchone("select clock_timestamp() at time zone 'utc'")
-        assert row is not None
-        return row[0]
-    return utcnow()
 
 
 def recover_claims(wh: Warehouse, campaign: str, run_id: str, on_unknown: str) -> int:
@@ -459,48 +240,17 @@ def recover_claims(wh: Warehouse, campaign: str, run_id: str, on_unknown: str) -
     check_transition(State.CLAIMED, target)
     reason = "resend_after_crash" if target == State.PENDING else "claimed_by_dead_run"
     with wh.transaction():
-        expired, params = "", []
-        if wh.kind != "duckdb":
-            expired = "and (lease_expires_at is null or lease_expires_at < ?)"
-            params = [db_utcnow(wh)]
-        return affected_rows(
-            wh,
-            f"""
-            update nudge.send_ledger
-            set state = ?, reason = ?, lease_expires_at = null, updated_at = ?
-            where campaign = ? and state = 'claimed' and (claimed_by is null or claimed_by <> ?)
-              {expired}
-            """,
-            [str(target), reason, utcnow(), campaign, run_id, *params],
-        )
+        return store.release_claims_of_dead_runs(wh, campaign, run_id, str(target), reason)
 
 
 def extend_leases(wh: Warehouse, run_id: str, lease_s: float) -> int:
     """The heartbeat: this run's claimed rows stay its own for `lease_s` more seconds. Returns
     how many rows it still holds."""
     with wh.transaction():
-        until = db_utcnow(wh) + timedelta(seconds=lease_s)
-        return affected_rows(
-            wh,
-            "update nudge.send_ledger set lease_expires_at = ? "
-            "where state = 'claimed' and claimed_by = ?",
-            [until, run_id],
-        )
-
-
-def count_pending(wh: Warehouse, campaign: str, run_id: str) -> int:
-    row = wh.fetchone(
-        "select count(*) from nudge.send_ledger where campaign = ? and state = 'pending' "
-        "and (claimed_by is null or claimed_by <> ?)",
-        [campaign, run_id],
-    )
-    return int(row[0]) if row else 0
+        return store.extend_leases(wh, run_id, lease_s)
 
 
 DAY = timedelta(days=1)
-# Serializes claims across processes on Postgres, so that two concurrent send runs count the
-# frequency cap from the same committed rows (DuckDB has one writer per file anyway).
-_CLAIM_LOCK_ID = 7_446_110_301
 
 
 @dataclass(frozen=True)
@@ -509,24 +259,6 @@ class Claim:
 
     rows: list[ClaimedRow]
     deferred: int = 0
-
-
-def _recent_sends(wh: Warehouse, recipients: Sequence[str], as_of: datetime) -> dict[str, int]:
-    """Per lower-cased recipient: rows claimed, sent or unknown (maybe sent) whose send run's
-    instant is within a day of `as_of`, either side, across every campaign."""
-    if not recipients:
-        return {}
-    rows = wh.fetchall(
-        f"""
-        select lower(recipient), count(*) from nudge.send_ledger
-        where lower(recipient) in ({placeholders(len(recipients))})
-          and state in ('claimed', 'sent', 'unknown')
-          and sent_as_of > ? and sent_as_of < ?
-        group by lower(recipient)
-        """,
-        [*recipients, as_of - DAY, as_of + DAY],
-    )
-    return {r: int(n) for r, n in rows}
 
 
 def claim_for_send(
@@ -546,101 +278,47 @@ def claim_for_send(
     Rows this run already looked at (tried and put back, or deferred) are not taken again: their
     `claimed_by` is this run. The update is guarded by `state = 'pending'`, so two runs never
     both claim a row. With `as_of` and a cap > 0, a recipient who already has that many sends
-    within a day of `as_of` keeps the rest pending (reason `frequency_cap`); oldest entries go
-    first, so the deferred ones lead the next evaluation's claim.
+    (claimed, sent or unknown) within a day of `as_of`, either side, across every campaign,
+    keeps the rest pending (reason `frequency_cap`); oldest entries go first, so the deferred
+    ones lead the next evaluation's claim.
     """
     cap = max_per_recipient_per_day if as_of is not None else 0
     for r in recorded:
         check_transition(State.CLAIMED, r.outcome.state)
-    now = utcnow()
     with wh.transaction():
         if recorded:
             _record_rows(wh, run_id, recorded)
-        if wh.kind == "postgres":
-            wh.execute("select pg_advisory_xact_lock(?)", [_CLAIM_LOCK_ID])
-        rows = wh.fetchall(
-            """
-            select ledger_key, campaign, entity_id, entry_as_of, step, recipient, payload,
-                attempts
-            from nudge.send_ledger
-            where campaign = ? and state = 'pending' and (claimed_by is null or claimed_by <> ?)
-            order by entry_as_of, ledger_key
-            limit ?
-            """,
-            [campaign, run_id, limit],
-        )
+        store.lock_claims(wh)
+        rows = store.pending_rows(wh, campaign, run_id, limit)
         if not rows:
             return Claim([])
-        candidates = [(row[0], row[5]) for row in rows]
-        take: list[str] = []
-        defer: list[str] = []
+        candidates = [(r.ledger_key, r.recipient) for r in rows]
+        used: dict[str, int] = {}
         if cap > 0 and as_of is not None:
-            used = _recent_sends(wh, sorted({r.lower() for _, r in candidates if r}), as_of)
-            for key, recipient in candidates:
-                who = recipient.lower() if recipient else None
-                if who is not None and used.get(who, 0) >= cap:
-                    defer.append(key)
-                    continue
-                if who is not None:
-                    used[who] = used.get(who, 0) + 1
-                take.append(key)
-        else:
-            take = [k for k, _ in candidates]
+            who = sorted({r.lower() for _, r in candidates if r})
+            used = store.recent_sends(wh, who, as_of - DAY, as_of + DAY)
+        take, defer = cap_partition(candidates, used, cap)
         taken = 0
         if take:
-            taken = affected_rows(
-                wh,
-                f"""
-                update nudge.send_ledger
-                set state = 'claimed', claimed_by = ?, claimed_at = ?, sent_as_of = ?,
-                    lease_expires_at = ?, updated_at = ?
-                where ledger_key in ({placeholders(len(take))}) and state = 'pending'
-                """,
-                [run_id, now, as_of, db_utcnow(wh) + timedelta(seconds=lease_s), now, *take],
-            )
+            lease_until = db_utcnow(wh) + timedelta(seconds=lease_s)
+            taken = store.mark_claimed(wh, take, run_id, as_of, lease_until)
         if defer:
-            wh.execute(
-                f"""
-                update nudge.send_ledger
-                set claimed_by = ?, reason = 'frequency_cap', last_error = ?, updated_at = ?
-                where ledger_key in ({placeholders(len(defer))}) and state = 'pending'
-                """,
-                [
-                    run_id,
-                    f"deferred by the frequency cap: the recipient already has {cap} email(s) "
-                    f"within a day of {instant_iso(as_of)} "
-                    "(NUDGE_MAX_EMAILS_PER_RECIPIENT_PER_DAY); a later evaluation sends it",
-                    now,
-                    *defer,
-                ],
+            assert as_of is not None  # the cap defers only with an instant
+            store.mark_deferred(
+                wh,
+                defer,
+                run_id,
+                f"deferred by the frequency cap: the recipient already has {cap} email(s) "
+                f"within a day of {instant_iso(as_of)} "
+                "(NUDGE_MAX_EMAILS_PER_RECIPIENT_PER_DAY); a later evaluation sends it",
             )
     if not take:
         return Claim([], len(defer))
     if taken == len(take):  # every candidate was still pending: they are ours as read
         chosen = set(take)
-        return Claim(
-            [
-                ClaimedRow(k, c, e, a, st, rcpt, json.loads(p) if p else {}, int(n or 0))
-                for k, c, e, a, st, rcpt, p, n in rows
-                if k in chosen
-            ],
-            len(defer),
-        )
+        return Claim([r for r in rows if r.ledger_key in chosen], len(defer))
     # Another writer changed a candidate meanwhile: read back what this run holds.
-    rows = wh.fetchall(
-        f"""
-        select ledger_key, campaign, entity_id, entry_as_of, step, recipient, payload, attempts
-        from nudge.send_ledger
-        where ledger_key in ({placeholders(len(take))}) and state = 'claimed' and claimed_by = ?
-        order by entry_as_of, ledger_key
-        """,
-        [*take, run_id],
-    )
-    claimed = [
-        ClaimedRow(k, c, e, a, s, rcpt, json.loads(p) if p else {}, int(n or 0))
-        for k, c, e, a, s, rcpt, p, n in rows
-    ]
-    return Claim(claimed, len(defer))
+    return Claim(store.claimed_by(wh, take, run_id), len(defer))
 
 
 def claim_batch(wh: Warehouse, campaign: str, run_id: str, limit: int) -> list[ClaimedRow]:
@@ -669,45 +347,21 @@ def record_outcomes(wh: Warehouse, run_id: str, results: Sequence[Recorded]) -> 
 
 
 def _record_rows(wh: Warehouse, run_id: str, results: Sequence[Recorded]) -> None:
-    now = utcnow()
-    touched = 0
-    for i in range(0, len(results), 200):
-        part = results[i : i + 200]
-        values = ", ".join(f"({placeholders(6)})" for _ in part)
-        touched += affected_rows(
-            wh,
-            f"""
-            update nudge.send_ledger as t set
-                state = v.state, reason = v.reason, attempts = v.attempts,
-                last_error = coalesce(v.error, t.last_error),
-                provider_message_id = coalesce(v.message_id, t.provider_message_id),
-                sent_at = case when v.state = 'sent' then cast(? as timestamp) else null end,
-                sent_as_of = case when v.state in ('sent', 'unknown') then t.sent_as_of
-                    else null end,
-                lease_expires_at = null,
-                updated_at = cast(? as timestamp)
-            from (values {values}) as v(ledger_key, state, reason, attempts, error, message_id)
-            where t.ledger_key = v.ledger_key and t.state = 'claimed' and t.claimed_by = ?
-            """,
-            [
-                now,
-                now,
-                *(
-                    v
-                    for r in part
-                    for v in (
-                        r.ledger_key,
-                        str(r.outcome.state),
-                        r.outcome.reason,
-                        r.attempts_total,
-                        r.outcome.error,
-                        r.provider_message_id,
-                    )
-                ),
-                run_id,
-            ],
-        )
-        fault_point("mid_record")
+    touched = store.write_outcomes(
+        wh,
+        run_id,
+        [
+            store.OutcomeRow(
+                r.ledger_key,
+                str(r.outcome.state),
+                r.outcome.reason,
+                r.attempts_total,
+                r.outcome.error,
+                r.provider_message_id,
+            )
+            for r in results
+        ],
+    )
     if touched < len(results):
         # Someone recovered our claim (we were thought dead): say so, change nothing.
         log.warning(
@@ -719,30 +373,54 @@ def _record_rows(wh: Warehouse, run_id: str, results: Sequence[Recorded]) -> Non
         )
 
 
+@dataclass(frozen=True)
+class Screened:
+    """A claimed batch after the suppression list's cut at the claim."""
+
+    rows: list[ClaimedRow]  # to render and send
+    suppressed: dict[str, frozenset[str]]  # ledger_key -> addresses to leave out of its message
+    skipped: int = 0  # rows skipped(suppressed): no To address left
+
+
+def screen_claimed(
+    wh: Warehouse, campaign: Campaign, run_id: str, rows: Sequence[ClaimedRow]
+) -> Screened:
+    """Read the suppression list for every address the claimed rows would reach (now, not at
+    their evaluation: an unsubscribe while a row waited for a retry, a release or its drip step
+    counts), record each row's drops, skip the rows with no To address left, and say which
+    addresses each remaining message must leave out (contract "Suppression")."""
+    per_row = {r.ledger_key: message_recipients(campaign, r.payload) for r in rows}
+    suppressed = active_suppressions(
+        wh, (a.lower() for rec in per_row.values() for a, _ in rec.by_role())
+    )
+    screen = screen_rows(per_row, suppressed, store.rows_with_drops(wh, list(per_row)))
+    skipped = 0
+    if screen.drops:
+        skipped = record_suppressed_at_claim(wh, run_id, screen.drops, screen.skip)
+    if dropped_any := sum(1 for v in screen.drops.values() if v):
+        log.info(
+            "campaign %s: the suppression list changed %d claimed message(s); %d skipped",
+            campaign.name,
+            dropped_any,
+            skipped,
+        )
+    return Screened([r for r in rows if r.ledger_key not in screen.skip], screen.leave_out, skipped)
+
+
 def record_suppressed_at_claim(
-    wh: Warehouse, run_id: str, drops: dict[str, str | None], skip: Collection[str]
+    wh: Warehouse, run_id: str, drops: dict[str, str | None], skip: Iterable[str]
 ) -> int:
     """At the claim, what the suppression list took from this run's claimed rows: each row's
     `suppressed_recipients` (JSON, None for none), and claimed -> skipped(suppressed) for the
     rows in `skip` (no To address left). Only rows still claimed by this run. Returns how many
     were skipped."""
     check_transition(State.CLAIMED, State.SKIPPED)
-    skipped = 0
+    skipping = set(skip)
     with wh.transaction():
-        for key, dropped in drops.items():
-            skip_it = key in skip
-            skipped += int(skip_it) * affected_rows(
-                wh,
-                """
-                update nudge.send_ledger set suppressed_recipients = ?,
-                    state = case when ? then 'skipped' else state end,
-                    reason = case when ? then 'suppressed' else reason end,
-                    sent_as_of = case when ? then null else sent_as_of end, updated_at = ?
-                where ledger_key = ? and state = 'claimed' and claimed_by = ?
-                """,
-                [dropped, skip_it, skip_it, skip_it, utcnow(), key, run_id],
-            )
-    return skipped
+        return sum(
+            store.write_drops_at_claim(wh, run_id, key, dropped, key in skipping)
+            for key, dropped in drops.items()
+        )
 
 
 def release_rows(wh: Warehouse, campaign: str, include_unknown: bool = False) -> int:
@@ -751,20 +429,4 @@ def release_rows(wh: Warehouse, campaign: str, include_unknown: bool = False) ->
     for s in states:
         check_transition(s, State.PENDING)
     with wh.transaction():
-        return affected_rows(
-            wh,
-            f"""
-            update nudge.send_ledger
-            set state = 'pending', reason = 'released', claimed_by = null, updated_at = ?
-            where campaign = ? and state in ({placeholders(len(states))})
-            """,
-            [utcnow(), campaign, *(str(s) for s in states)],
-        )
-
-
-def state_counts(wh: Warehouse, campaign: str) -> dict[str, int]:
-    rows = wh.fetchall(
-        "select state, count(*) from nudge.send_ledger where campaign = ? group by state",
-        [campaign],
-    )
-    return {s: int(n) for s, n in rows}
+        return store.set_pending(wh, campaign, states)

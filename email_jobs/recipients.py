@@ -10,8 +10,8 @@ Also every address a message reaches, by role (To, CC, BCC), and the suppression
 them (contract "Suppression"): a suppressed address is dropped from the message in whatever role,
 the drop is recorded on the ledger row (`suppressed_recipients`), and the entry is
 `skipped(suppressed)` only when no To address is left. Checked at evaluation, and again on the
-rows a send run has just claimed (`screen_claimed`), whatever brought them there: a first send,
-a retry, a release or a drip step.
+rows a send run has just claimed (`email_jobs.ledger.screen_claimed`), whatever brought them
+there: a first send, a retry, a release or a drip step.
 """
 
 from __future__ import annotations
@@ -24,12 +24,6 @@ from typing import Any, Literal
 
 from email_jobs.addresses import normalize_address, split_addresses
 from email_jobs.campaigns import Campaign
-from email_jobs.ledger import (
-    ClaimedRow,
-    active_suppressions,
-    record_suppressed_at_claim,
-    rows_with_drops,
-)
 from nudge.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -178,51 +172,6 @@ def drop_suppressed(
     return Recipients(keep(recipients.to), keep(recipients.cc), keep(recipients.bcc)), dropped
 
 
-def dropped_json(dropped: Sequence[dict[str, str]]) -> str | None:
+def dropped_json(dropped: Sequence[Mapping[str, str]]) -> str | None:
     """The ledger's `suppressed_recipients` value: None when nobody was dropped."""
     return json.dumps(list(dropped), sort_keys=True) if dropped else None
-
-
-@dataclass(frozen=True)
-class Screened:
-    """A claimed batch after the suppression list's cut at the claim."""
-
-    rows: list[ClaimedRow]  # to render and send
-    suppressed: dict[str, frozenset[str]]  # ledger_key -> addresses to leave out of its message
-    skipped: int = 0  # rows skipped(suppressed): no To address left
-
-
-def screen_claimed(
-    wh: Warehouse, campaign: Campaign, run_id: str, rows: Sequence[ClaimedRow]
-) -> Screened:
-    """Read the suppression list for every address the claimed rows would reach (now, not at
-    their evaluation: an unsubscribe while a row waited for a retry, a release or its drip step
-    counts), record each row's drops, skip the rows with no To address left, and say which
-    addresses each remaining message must leave out."""
-    per_row = {r.ledger_key: message_recipients(campaign, r.payload) for r in rows}
-    suppressed = active_suppressions(
-        wh, (a.lower() for rec in per_row.values() for a, _ in rec.by_role())
-    )
-    # Rows whose evaluation recorded drops: rewritten below, so the record names who was left
-    # out of the message that goes now (an address lifted since then is mailed).
-    recorded = rows_with_drops(wh, [r.ledger_key for r in rows])
-    drops: dict[str, str | None] = {}
-    skip: set[str] = set()
-    leave_out: dict[str, frozenset[str]] = {}
-    for row in rows:
-        kept, dropped = drop_suppressed(per_row[row.ledger_key], suppressed)
-        if dropped or row.ledger_key in recorded:
-            drops[row.ledger_key] = dropped_json(dropped)
-        if dropped and not kept.to:
-            skip.add(row.ledger_key)
-        elif dropped:
-            leave_out[row.ledger_key] = frozenset(d["address"].lower() for d in dropped)
-    skipped = record_suppressed_at_claim(wh, run_id, drops, skip) if drops else 0
-    if dropped_any := sum(1 for k in drops if drops[k]):
-        log.info(
-            "campaign %s: the suppression list changed %d claimed message(s); %d skipped",
-            campaign.name,
-            dropped_any,
-            skipped,
-        )
-    return Screened([r for r in rows if r.ledger_key not in skip], leave_out, skipped)

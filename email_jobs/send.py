@@ -55,6 +55,7 @@ from email_jobs.ledger import (
     ClaimedRow,
     Outcome,
     Recorded,
+    Screened,
     State,
     claim_for_send,
     count_pending,
@@ -64,10 +65,11 @@ from email_jobs.ledger import (
     record_outcomes,
     recover_claims,
     release_rows,
+    screen_claimed,
     state_counts,
 )
 from email_jobs.message import Backend, CredentialError, DeliveryResult, OutgoingEmail
-from email_jobs.recipients import screen_claimed
+from email_jobs.store import latest_evaluation
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
 
@@ -83,6 +85,23 @@ MAX_BATCHES_IN_FLIGHT = 2
 
 RenderFn = Callable[..., OutgoingEmail]
 OpenWarehouse = Callable[[], AbstractContextManager[Warehouse]]
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """The settings a send run reads."""
+
+    concurrency: int = 8  # worker threads; a batch is twice this many rows by default
+    lease_s: float = 120.0  # NUDGE_SEND_LEASE_SECONDS
+    max_per_recipient_per_day: int = 1  # the frequency cap; 0 turns it off
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendOptions:
+        return cls(
+            concurrency=max(1, settings.send_concurrency),
+            lease_s=settings.send_lease_seconds,
+            max_per_recipient_per_day=max(0, settings.max_emails_per_recipient_per_day),
+        )
 
 
 @dataclass
@@ -191,12 +210,10 @@ def _leaving_out(render: RenderFn, suppressed: frozenset[str] | None) -> RenderF
     return functools.partial(render, suppressed=suppressed) if suppressed else render
 
 
-def _render_row(
-    render: RenderFn, campaign: Campaign, row: ClaimedRow, settings: Settings
-) -> OutgoingEmail | str:
+def _render_row(render: RenderFn, campaign: Campaign, row: ClaimedRow) -> OutgoingEmail | str:
     try:
         step = step_campaign(campaign, row.step)  # a drip step renders its own template
-        return render(step, row.payload, settings, ledger_key=row.ledger_key)
+        return render(step, row.payload, ledger_key=row.ledger_key)
     except Exception as exc:
         return f"render: {exc}"
 
@@ -212,7 +229,6 @@ def _attempt(
     render: RenderFn,
     campaign: Campaign,
     row: ClaimedRow,
-    settings: Settings,
     backend: Backend,
     max_attempts: int,
     sleep: Callable[[float], None] | None,
@@ -222,7 +238,7 @@ def _attempt(
     """Render and deliver one claimed row (in a worker thread)."""
     if stop is not None and stop.is_set():  # the run is ending: leave the row for the next
         return _Attempt(row, Delivery(None, 0, None, cancelled=True))
-    email = _render_row(render, campaign, row, settings)
+    email = _render_row(render, campaign, row)
     if isinstance(email, str):  # a render error is permanent for this payload
         return _Attempt(row, None, email)
     delivery = deliver_with_retries(
@@ -254,10 +270,7 @@ def _recorded(attempt: _Attempt, max_total_attempts: int) -> Recorded:
 def latest_evaluation_instant(wh: Warehouse, campaign: str) -> datetime | None:
     """The campaign's newest evaluation instant: the send instant of a run that has none of its
     own (`nudge release`), so that the frequency cap still decides from data."""
-    if not wh.table_exists("nudge", "evaluations"):
-        return None
-    row = wh.fetchone("select max(as_of) from nudge.evaluations where campaign = ?", [campaign])
-    return row[0] if row else None
+    return latest_evaluation(wh, campaign)
 
 
 # A lost Postgres connection is opened again this many times (waiting 0.5 s, 1 s, 2 s) to
@@ -396,21 +409,28 @@ def send_campaign(
         from email_jobs.render import render_email
 
         render = render_email
+    options = SendOptions.from_settings(settings)
+    template = render
+
+    def render_row(campaign: Campaign, row: dict[str, Any], **kw: Any) -> OutgoingEmail:
+        return template(campaign, row, settings, **kw)
+
     report = SendReport(campaign=campaign.name)
     if not campaign.enabled:  # sends nothing, not even rows left pending from before
         log.info("campaign %s is disabled: nothing sent", campaign.name)
         return report
     verify_backend(backend)  # a refused credential stops here, before anything is claimed
-    batch_size = batch_size or 2 * max(1, settings.send_concurrency)
+    batch_size = batch_size or 2 * options.concurrency
     stop = threading.Event()
     # One connection for the whole send: opening a DuckDB file costs tens of milliseconds (and
     # its close a checkpoint), which per batch capped the rate far below the provider's. On
     # DuckDB this holds the writer lock until the campaign's send ends. Lost (Postgres), it is
     # opened again to record what finished.
     with _Connection(open_wh) as conn, _Heartbeat(open_wh, conn.wh.kind, run_id,
-                                                  settings.send_lease_seconds, stop):  # fmt: skip
-        _send_all(conn, campaign, backend, settings, run_id, report, as_of, batch_size, render,
-                  max_attempts_per_run, max_total_attempts, sleep, rand, stop)  # fmt: skip
+                                                  options.lease_s, stop):  # fmt: skip
+        _send_all(conn, campaign, backend, options, run_id, report, as_of, batch_size,
+                  render_row, max_attempts_per_run, max_total_attempts, sleep, rand,
+                  stop)  # fmt: skip
         after = conn.call(lambda wh: state_counts(wh, campaign.name))
     report.unknown = after.get(State.UNKNOWN, 0)
     report.held = after.get(State.HELD, 0)
@@ -423,7 +443,7 @@ def _send_all(
     conn: _Connection,
     campaign: Campaign,
     backend: Backend,
-    settings: Settings,
+    options: SendOptions,
     run_id: str,
     report: SendReport,
     as_of: datetime | None,
@@ -440,33 +460,13 @@ def _send_all(
 
     `stop` (a refused credential, a lost lease) ends the claiming; the batches in flight are
     recorded, their rows not yet started going back to pending."""
-    wh = conn.wh
-    lease_s = settings.send_lease_seconds
     refused: list[str] = []  # the credential error, one line
-    workers = max(1, settings.send_concurrency)
-    cap = max(0, settings.max_emails_per_recipient_per_day)
-    ensure_schema(wh)
-    recovered = recover_claims(wh, campaign.name, run_id, campaign.on_unknown)
-    if campaign.on_unknown == "resend":
-        report.recovered_resend = recovered
-    else:
-        report.recovered_unknown = recovered
-    report.pending_at_start = count_pending(wh, campaign.name, run_id)
+    _recover(conn.wh, campaign, run_id, report)
     if as_of is None:
-        as_of = latest_evaluation_instant(wh, campaign.name)
-    if recovered:
-        log.warning(
-            "campaign %s: %d row(s) were left claimed by a run that did not finish; they are now "
-            "%s",
-            campaign.name,
-            recovered,
-            "pending again (on_unknown: resend)"
-            if campaign.on_unknown == "resend"
-            else "unknown (release them with `nudge release --unknown` after checking)",
-        )
+        as_of = latest_evaluation_instant(conn.wh, campaign.name)
     in_flight: deque[list[Future[_Attempt]]] = deque()
     exhausted = False
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nudge-send")
+    pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="nudge-send")
     try:
         while in_flight or not exhausted:
             if stop.is_set():
@@ -480,49 +480,22 @@ def _send_all(
                 if a.delivery and a.delivery.result and a.delivery.result.status == "credential"
             ]
             recorded = [_recorded(a, max_total_attempts) for a in done]
-            claimed: list[ClaimedRow] = []
             if recorded:
                 fault_point("before_record")
+            screened: Screened | None = None
             if recorded and exhausted:
                 conn.call(lambda w, recorded=recorded: record_outcomes(w, run_id, recorded))
-                wh = conn.wh
                 fault_point("after_record")
-            # Otherwise the outcomes are committed with the next claim, in one transaction.
-            to_record = [] if exhausted else recorded
-            while not exhausted and not claimed:
-                fault_point("before_claim")
-                claim = conn.call(
-                    lambda w, to_record=to_record: claim_for_send(
-                        w,
-                        campaign.name,
-                        run_id,
-                        batch_size,
-                        as_of=as_of,
-                        max_per_recipient_per_day=cap,
-                        recorded=to_record,
-                        lease_s=lease_s,
-                    )
+            elif not exhausted:  # the outcomes are committed with the claim, one transaction
+                screened = _claim_next(
+                    conn, campaign, run_id, batch_size, as_of, options, recorded, report
                 )
-                wh = conn.wh
-                if to_record:
-                    fault_point("after_record")
-                to_record = []
-                fault_point("after_claim")
-                report.deferred += claim.deferred
-                exhausted = not claim.rows and not claim.deferred
-                # The suppression list as it is now: drops addresses from these messages, and
-                # skips the rows left without a To address.
-                screened = conn.call(
-                    lambda w, rows=claim.rows: screen_claimed(w, campaign, run_id, rows)
-                )
-                wh = conn.wh
-                report.suppressed += screened.skipped
-                claimed = screened.rows
+                exhausted = screened is None
             for r in recorded:
                 _count(report, r)
             report.attempts += sum(a.delivery.attempts for a in done if a.delivery)
-            if claimed:
-                report.claimed += len(claimed)
+            if screened:
+                report.claimed += len(screened.rows)
                 in_flight.append(
                     [
                         pool.submit(
@@ -530,7 +503,6 @@ def _send_all(
                             _leaving_out(render, screened.suppressed.get(row.ledger_key)),
                             campaign,
                             row,
-                            settings,
                             backend,
                             # Never let one run exceed the total cap either.
                             max(1, min(max_attempts_per_run, max_total_attempts - row.attempts)),
@@ -538,21 +510,11 @@ def _send_all(
                             rand,
                             stop,
                         )
-                        for row in claimed
+                        for row in screened.rows
                     ]
                 )
             if recorded:
-                log.info(
-                    "campaign %s: sent %d/%d (failed %d, retry later %d, deferred %d, "
-                    "delivery unknown %d)",
-                    campaign.name,
-                    report.sent,
-                    report.pending_at_start,
-                    report.failed,
-                    report.retry_later,
-                    report.deferred,
-                    report.delivery_unknown,
-                )
+                _log_progress(campaign, report)
     except BaseException:
         # Ending on an error: no attempt starts any more and no backoff is waited out.
         stop.set()
@@ -566,6 +528,81 @@ def _send_all(
             f"campaign {campaign.name}: run {run_id} could not renew its claims' lease; it "
             "stopped, and a later run sends what is left"
         )
+
+
+def _recover(wh: Warehouse, campaign: Campaign, run_id: str, report: SendReport) -> None:
+    """Rows dead runs left claimed become unknown (or pending); count what is pending."""
+    ensure_schema(wh)
+    recovered = recover_claims(wh, campaign.name, run_id, campaign.on_unknown)
+    if campaign.on_unknown == "resend":
+        report.recovered_resend = recovered
+    else:
+        report.recovered_unknown = recovered
+    report.pending_at_start = count_pending(wh, campaign.name, run_id)
+    if recovered:
+        log.warning(
+            "campaign %s: %d row(s) were left claimed by a run that did not finish; they are now "
+            "%s",
+            campaign.name,
+            recovered,
+            "pending again (on_unknown: resend)"
+            if campaign.on_unknown == "resend"
+            else "unknown (release them with `nudge release --unknown` after checking)",
+        )
+
+
+def _claim_next(
+    conn: _Connection,
+    campaign: Campaign,
+    run_id: str,
+    batch_size: int,
+    as_of: datetime | None,
+    options: SendOptions,
+    to_record: list[Recorded],
+    report: SendReport,
+) -> Screened | None:
+    """Claim batches (the first one's transaction records `to_record`) until one has rows to
+    send after the suppression screen; None when no pending row is left for this run."""
+    while True:
+        fault_point("before_claim")
+        claim = conn.call(
+            lambda w, to_record=to_record: claim_for_send(
+                w,
+                campaign.name,
+                run_id,
+                batch_size,
+                as_of=as_of,
+                max_per_recipient_per_day=options.max_per_recipient_per_day,
+                recorded=to_record,
+                lease_s=options.lease_s,
+            )
+        )
+        if to_record:
+            fault_point("after_record")
+        to_record = []
+        fault_point("after_claim")
+        report.deferred += claim.deferred
+        # The suppression list as it is now: drops addresses from these messages, and skips the
+        # rows left without a To address.
+        screened = conn.call(lambda w, rows=claim.rows: screen_claimed(w, campaign, run_id, rows))
+        report.suppressed += screened.skipped
+        if screened.rows:
+            return screened
+        if not claim.rows and not claim.deferred:
+            return None
+
+
+def _log_progress(campaign: Campaign, report: SendReport) -> None:
+    log.info(
+        "campaign %s: sent %d/%d (failed %d, retry later %d, deferred %d, delivery unknown %d)",
+        campaign.name,
+        report.sent,
+        report.pending_at_start,
+        report.failed,
+        report.retry_later,
+        report.deferred,
+        report.delivery_unknown,
+    )
 
 
 def _count(report: SendReport, r: Recorded) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from email_jobs.addresses import normalize_address
-from email_jobs.ledger import ACTIVE_SUPPRESSION, ensure_schema, utcnow
+from email_jobs.store import ACTIVE_SUPPRESSION, ensure_schema, utcnow
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
 

@@ -195,7 +195,11 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def export_runtime_env(settings: Settings) -> None:
-    """Make the resolved settings visible to child processes (dbt, Dagster code servers)."""
+    """Make the resolved settings visible to child processes (dbt, Dagster code servers).
+
+    Called by the `nudge` command only, the one process that starts Dagster and dbt children;
+    loading settings never writes the environment. A Dagster step that runs dbt hands it
+    `dbt_env` itself (orchestration.defs.transform.assets)."""
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home.resolve()))
     os.environ.update(dbt_env(settings))
 

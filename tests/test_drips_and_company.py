@@ -22,6 +22,7 @@ from email_jobs.backends.outbox import OutboxBackend
 from email_jobs.campaigns import Campaign, Step
 from email_jobs.drips import step_campaign
 from email_jobs.evaluate import evaluate_campaign
+from email_jobs.guards import GuardLimits
 from email_jobs.send import send_campaign
 from nudge.ingest.schema import DDL as RAW_DDL
 from nudge.settings import Settings
@@ -138,7 +139,7 @@ def evaluate_and_send(
     before = set(settings.outbox_dir.glob("*.eml")) if settings.outbox_dir.exists() else set()
     with open_wh() as wh:
         set_table(wh, table, columns, rows)
-        evaluate_campaign(wh, campaign, day(n), settings, f"run-{n}")
+        evaluate_campaign(wh, campaign, day(n), GuardLimits.from_settings(settings), f"run-{n}")
 
     def render(c, row, s, **kw):
         from email_jobs.render import render_email
@@ -205,11 +206,11 @@ def test_one_step_per_evaluation_and_only_after_the_previous_was_sent(open_wh, s
     cols = ("entity_id", "email", "first_name")
     with open_wh() as wh:
         set_table(wh, "cohort_drip", cols, [])
-        evaluate_campaign(wh, DRIP, day(0), settings, "r0")
+        evaluate_campaign(wh, DRIP, day(0), GuardLimits.from_settings(settings), "r0")
         set_table(wh, "cohort_drip", cols, drip_members("late"))
-        evaluate_campaign(wh, DRIP, day(1), settings, "r1")
+        evaluate_campaign(wh, DRIP, day(1), GuardLimits.from_settings(settings), "r1")
         # Step 0 has not been sent (no send run yet): step 1 waits, although it is due.
-        evaluate_campaign(wh, DRIP, day(5), settings, "r5")
+        evaluate_campaign(wh, DRIP, day(5), GuardLimits.from_settings(settings), "r5")
         steps = wh.fetchall("select step, state from nudge.send_ledger order by step")
     assert steps == [(0, "pending")]
 

@@ -11,7 +11,7 @@ import pytest
 
 from email_jobs.campaigns import Campaign
 from email_jobs.evaluate import EvaluationDeferred, evaluate_campaign, skip_reason
-from email_jobs.guards import compute_guard_inputs, freshness_reason, stale_reason
+from email_jobs.guards import GuardLimits, compute_guard_inputs, freshness_reason, stale_reason
 from email_jobs.ledger import (
     Outcome,
     Recorded,
@@ -38,6 +38,7 @@ CAMPAIGN = Campaign(
     columns=("entity_id", "email", "first_name"),
 )
 SETTINGS = Settings(_env_file=None)
+LIMITS = GuardLimits()  # the contract's defaults, as in SETTINGS
 
 
 def day(n: float) -> datetime:
@@ -112,7 +113,7 @@ def run(
     wh: Warehouse, n: float, members: dict[str, str | None], campaign: Campaign = CAMPAIGN, **kw
 ):
     set_cohort(wh, members)
-    return evaluate_campaign(wh, campaign, day(n), kw.pop("settings", SETTINGS), "run", **kw)
+    return evaluate_campaign(wh, campaign, day(n), kw.pop("limits", LIMITS), "run", **kw)
 
 
 def send_all(wh: Warehouse, campaign: str = CAMPAIGN.name) -> list[str]:
@@ -301,13 +302,13 @@ def test_broken_export_share_comes_from_the_ingest_of_this_run(wh):
             "('events', 'b', null, 1, 0, 'h', 1000, 1000, 0, 0, 'ingest-2', ?)",
             [D0, D0],
         )
-    assert compute_guard_inputs(wh, day(1), SETTINGS, run_id="ingest-1").rejected_share == 0.03
-    clean = compute_guard_inputs(wh, day(1), SETTINGS, run_id="ingest-2")
+    assert compute_guard_inputs(wh, day(1), LIMITS, run_id="ingest-1").rejected_share == 0.03
+    clean = compute_guard_inputs(wh, day(1), LIMITS, run_id="ingest-2")
     assert clean.broken_export_reason is None
-    assert compute_guard_inputs(wh, day(1), SETTINGS, run_id="other").rejected_share is None
+    assert compute_guard_inputs(wh, day(1), LIMITS, run_id="other").rejected_share is None
     run(wh, 0, {})
     set_cohort(wh, emails("a"))
-    result = evaluate_campaign(wh, CAMPAIGN, day(1), SETTINGS, "ingest-1")
+    result = evaluate_campaign(wh, CAMPAIGN, day(1), LIMITS, "ingest-1")
     assert result.counts == {"held": 1} and "3.00% of the lines read" in result.guard_reasons[0]
 
 
@@ -349,15 +350,15 @@ def test_guard_windows_are_half_open_and_read_once(tmp_path):
     with connect(Settings(warehouse=f"duckdb:///{tmp_path}/w.duckdb", _env_file=None)) as wh:
         seed_events(wh, day(-8), day(0), every_hours=1)  # 24 a day for the 8 days before day 0
         end = day(0)
-        inputs = compute_guard_inputs(wh, end, SETTINGS)
+        inputs = compute_guard_inputs(wh, end, LIMITS)
         assert inputs.day_volume == 24 and inputs.previous_day_volumes == (24,) * 7
         assert inputs.recent_events == 48 and inputs.deferred_reason is None
         # An event exactly at `end` belongs to the next window.
         seed_events(wh, end, end + timedelta(minutes=1))
-        assert compute_guard_inputs(wh, end, SETTINGS).day_volume == 24
+        assert compute_guard_inputs(wh, end, LIMITS).day_volume == 24
         # The next day has a single event: far below 0.1 x the median of 24.
         with pytest.raises(EvaluationDeferred, match=r"fewer than 0\.1 x the median 24") as exc:
-            compute_guard_inputs(wh, day(1), SETTINGS)
+            compute_guard_inputs(wh, day(1), LIMITS)
         assert exc.value.inputs.day_volume == 1
 
 
@@ -374,12 +375,12 @@ def test_volume_check_needs_three_days_with_events():
 
 def test_a_deferred_run_evaluates_no_campaign(wh):
     with pytest.raises(EvaluationDeferred) as exc:
-        compute_guard_inputs(wh, EVENTS_TO + timedelta(days=3), SETTINGS)
+        compute_guard_inputs(wh, EVENTS_TO + timedelta(days=3), LIMITS)
     inputs = exc.value.inputs
     with pytest.raises(EvaluationDeferred):
-        evaluate_campaign(wh, CAMPAIGN, inputs.end, SETTINGS, "r", guard_inputs=inputs)
+        evaluate_campaign(wh, CAMPAIGN, inputs.end, LIMITS, "r", guard_inputs=inputs)
     with pytest.raises(ValueError, match="guard inputs were computed for"):
-        evaluate_campaign(wh, CAMPAIGN, day(1), SETTINGS, "r", guard_inputs=inputs)
+        evaluate_campaign(wh, CAMPAIGN, day(1), LIMITS, "r", guard_inputs=inputs)
     assert not wh.table_exists("nudge", "evaluations") or state_counts(wh, CAMPAIGN.name) == {}
 
 
@@ -450,13 +451,13 @@ def test_a_missing_cohort_or_column_names_the_campaign_and_relation(wh):
 
     missing = replace(CAMPAIGN, relation_name='"wh"."analytics"."cohort_nope"')
     with pytest.raises(CampaignError, match=r"x_campaign.*cohort_nope.*has dbt built it"):
-        evaluate_campaign(wh, missing, day(1), SETTINGS, "r")
+        evaluate_campaign(wh, missing, day(1), LIMITS, "r")
     with wh.transaction():
         wh.execute("create table analytics.cohort_no_email (entity_id varchar)")
         wh.execute("insert into analytics.cohort_no_email values ('a')")
     no_email = replace(CAMPAIGN, relation_name='"wh"."analytics"."cohort_no_email"')
     with pytest.raises(CampaignError, match="has no column email"):
-        evaluate_campaign(wh, no_email, day(1), SETTINGS, "r")
+        evaluate_campaign(wh, no_email, day(1), LIMITS, "r")
 
 
 def test_result_summary_and_metadata_say_what_happened(wh):

@@ -20,9 +20,9 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from email_jobs.campaigns import Campaign
-from email_jobs.evaluate import GuardInputs, evaluate_campaign
-from email_jobs.membership import diff_members
-from nudge.settings import Settings, WarehouseUrl
+from email_jobs.decisions import diff_members
+from email_jobs.evaluate import GuardInputs, GuardLimits, evaluate_campaign
+from nudge.settings import WarehouseUrl
 from nudge.warehouse import Warehouse
 
 D0 = datetime(2026, 1, 1)
@@ -116,13 +116,14 @@ def test_every_decision_matches_the_model_whatever_the_order(
     campaign = replace(CAMPAIGN, cooldown_days=cooldown, baseline_first_run=baseline)
     model = Model(timedelta(days=cooldown), baseline)
     wh = Warehouse(WarehouseUrl("duckdb:///unused.duckdb"), duckdb.connect())
-    settings = Settings(_env_file=None)
 
     for day in sequence:
         end = D0 + timedelta(days=day)
         members = cohort_by_day[day]
         _set_cohort(wh, members)
-        result = evaluate_campaign(wh, campaign, end, settings, "r", guard_inputs=_no_guard(end))
+        result = evaluate_campaign(
+            wh, campaign, end, GuardLimits(), "r", guard_inputs=_no_guard(end)
+        )
         previous, entered = model.evaluate(end, members)
         assert result.previous_as_of == previous, (day, sequence)
         assert result.entered == len(entered) or (previous is None and baseline)

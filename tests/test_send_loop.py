@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from email_jobs.backends.outbox import OutboxBackend
 from email_jobs.campaigns import Campaign
 from email_jobs.evaluate import evaluate_campaign
+from email_jobs.guards import GuardLimits
 from email_jobs.ledger import (
     NewEntry,
     State,
@@ -219,9 +220,11 @@ def test_through_evaluation_render_and_the_outbox(open_wh, settings, templates):
     with open_wh() as wh:
         _seed_events(wh, D0 - timedelta(days=10), D0 + timedelta(days=10))
         _set_cohort(wh, "cohort_hello", {"a": "a@example.com"})
-        evaluate_campaign(wh, CAMPAIGN, D0, settings, "r")
+        evaluate_campaign(wh, CAMPAIGN, D0, GuardLimits.from_settings(settings), "r")
         _set_cohort(wh, "cohort_hello", {"a": "a@example.com", "b": "b@example.com"})
-        evaluate_campaign(wh, CAMPAIGN, D0 + timedelta(days=1), settings, "r")
+        evaluate_campaign(
+            wh, CAMPAIGN, D0 + timedelta(days=1), GuardLimits.from_settings(settings), "r"
+        )
     backend = OutboxBackend(settings.outbox_dir)
     assert send(open_wh, backend, settings, templates).sent == 1
     (eml,) = settings.outbox_dir.glob("*.eml")
@@ -441,7 +444,9 @@ def test_no_entry_is_sent_twice_and_no_resend_inside_the_cooldown(
     )
     for day, members, crash in steps:
         _set_cohort(wh, "cohort_hello", {e: f"{e}@example.com" for e in sorted(members)})
-        evaluate_campaign(wh, campaign, D0 + timedelta(days=day), settings, "eval")
+        evaluate_campaign(
+            wh, campaign, D0 + timedelta(days=day), GuardLimits.from_settings(settings), "eval"
+        )
         if crash:  # a run that claimed, delivered, and died before recording
             for row in claim_batch(wh, campaign.name, f"dead-{uuid.uuid4().hex}", 2):
                 backend.send(

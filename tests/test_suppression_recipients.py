@@ -21,6 +21,7 @@ from test_drips_and_company import (  # the cohort tables, templates and evaluat
 from email_jobs.backends.outbox import OutboxBackend
 from email_jobs.campaigns import Campaign
 from email_jobs.evaluate import evaluate_campaign
+from email_jobs.guards import GuardLimits
 from email_jobs.ledger import ensure_schema
 from email_jobs.send import send_campaign
 from email_jobs.suppressions import suppression_address
@@ -205,13 +206,13 @@ def test_an_address_suppressed_after_the_evaluation_is_dropped_at_the_send(
     with open_wh() as wh:
         team(wh, ("u1", "ann@c1.example"), ("u2", "bob@c1.example"))
         set_table(wh, "cohort_teams", TEAM_COLS, [])
-        evaluate_campaign(wh, COMPANY, day(0), settings, "r0")
+        evaluate_campaign(wh, COMPANY, day(0), GuardLimits.from_settings(settings), "r0")
         set_table(wh, "cohort_teams", TEAM_COLS, [("c1", None, "se@vendor.example", "c1")])
-        evaluate_campaign(wh, COMPANY, day(1), settings, "r1")
+        evaluate_campaign(wh, COMPANY, day(1), GuardLimits.from_settings(settings), "r1")
         set_table(wh, "cohort_errors", USER_COLS, [])
-        evaluate_campaign(wh, ERRORS, day(0), settings, "r0")
+        evaluate_campaign(wh, ERRORS, day(0), GuardLimits.from_settings(settings), "r0")
         set_table(wh, "cohort_errors", USER_COLS, [("gone", "gone@x.example", None, "G")])
-        evaluate_campaign(wh, ERRORS, day(1), settings, "r1")
+        evaluate_campaign(wh, ERRORS, day(1), GuardLimits.from_settings(settings), "r1")
         pending = wh.fetchall("select state, suppressed_recipients from nudge.send_ledger")
     assert pending == [("pending", None), ("pending", None)]
     suppress(open_wh, "bob@c1.example", "se@vendor.example", "gone@x.example")
@@ -259,7 +260,9 @@ def test_a_drip_step_suppressed_before_its_send_is_skipped_at_the_claim(
     assert len(first) == 1
     with open_wh() as wh:
         set_table(wh, "cohort_drip", cols, drip_members("ann"))
-        evaluate_campaign(wh, DRIP, day(4), settings, "r4")  # step 1 due: pending
+        evaluate_campaign(
+            wh, DRIP, day(4), GuardLimits.from_settings(settings), "r4"
+        )  # step 1 due: pending
     suppress(open_wh, "ann@example.com")
     sent = evaluate_and_send(
         open_wh, settings, templates, DRIP, 4, "cohort_drip", cols, drip_members("ann")

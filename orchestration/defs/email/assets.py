@@ -8,7 +8,12 @@ from dagster_dbt import get_asset_key_for_model
 
 from email_jobs.backends import make_backend
 from email_jobs.campaigns import Campaign, CampaignError
-from email_jobs.evaluate import EvaluationDeferred, compute_guard_inputs, evaluate_campaign
+from email_jobs.evaluate import (
+    EvaluationDeferred,
+    GuardLimits,
+    compute_guard_inputs,
+    evaluate_campaign,
+)
 from email_jobs.send import send_campaign
 from email_jobs.suppressions import sync_suppressions
 from email_jobs.template_columns import check_built_columns
@@ -103,6 +108,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
     ) -> Iterator[Any]:
         end = evaluation_instant(context)
         settings = nudge.settings()
+        limits = GuardLimits.from_settings(settings)
         selected = _selected(context, campaigns, evaluation_key)
         if not selected:
             return
@@ -122,7 +128,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                 # The broken-export share counts the lines this evaluation's ingests read: its
                 # own run's, and those of the ingest runs `nudge run` started for it.
                 ingest_runs = [context.run.run_id, *_tagged_runs(context, INGEST_RUNS_TAG)]
-                guard_inputs = compute_guard_inputs(wh, end, settings, run_id=ingest_runs)
+                guard_inputs = compute_guard_inputs(wh, end, limits, run_id=ingest_runs)
             except EvaluationDeferred as deferred:
                 for c in selected:
                     yield dg.AssetCheckResult(
@@ -144,7 +150,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                     context.log.error(str(exc))
                     continue
                 result = evaluate_campaign(
-                    wh, c, end, settings, context.run.run_id, guard_inputs=guard_inputs
+                    wh, c, end, limits, context.run.run_id, guard_inputs=guard_inputs
                 )
                 context.log.info(result.summary())
                 yield dg.MaterializeResult(

@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from nudge.manifest import dbt_executable
-from nudge.settings import Settings, export_runtime_env, load_settings
+from nudge.settings import Settings, load_settings
 from nudge.warehouse import Warehouse, connect
 from orchestration.defs.runtime.dbt_cli import NudgeDbtCliResource
 from orchestration.defs.transform.project import nudge_dbt_project
@@ -17,9 +17,7 @@ class NudgeResource(dg.ConfigurableResource):
     """Nudge's settings, read from the NUDGE_* environment (and `.env`) when a step runs."""
 
     def settings(self) -> Settings:
-        settings = load_settings()
-        export_runtime_env(settings)
-        return settings
+        return load_settings()
 
     @contextmanager
     def warehouse(self) -> Iterator[Warehouse]:

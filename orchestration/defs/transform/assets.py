@@ -20,7 +20,7 @@ from dagster_dbt import (
 
 from nudge.asof import to_iso
 from nudge.evaluation_lock import HeldLock, evaluation_lock, forget_builds, record_builds
-from nudge.settings import load_settings
+from nudge.settings import dbt_env, load_settings
 from nudge.warehouse import connect, writer_lock
 from orchestration.defs.runtime.instant import evaluation_instant
 from orchestration.defs.runtime.partitions import days
@@ -86,7 +86,7 @@ def nudge_dbt_models(
         forget_builds(wh, selected)
     built: list[str] = []
     try:
-        with writer_lock(settings), _environ(dbt_as_of_env(end)):
+        with writer_lock(settings), _environ({**dbt_env(settings), **dbt_as_of_env(end)}):
             invocation = dbt.cli(dbt_build_args(), context=context)
             for event in invocation.stream():
                 key = _materialized_key(context, event)
