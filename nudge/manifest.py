@@ -1,20 +1,39 @@
-"""Keeps dbt's manifest current, so a new cohort (SQL + yml) is picked up by the next run.
+"""The one dbt project handle: where the project is, a current manifest, and dbt's arguments for
+an instant. The Dagster assets, `nudge diff-cohort`, `nudge preview` and the CLI all use it.
 
-dbt's partial parsing makes the re-parse cheap; it only happens when a dbt file changed.
+The manifest is prebuilt (make install, the docker image); `dagster dev` re-parses it
+(`prepare_if_dev`), and `nudge` re-parses it when a dbt file changed, so a new cohort (SQL + yml)
+is picked up by the next run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+
+from dagster_dbt import DbtCliResource, DbtProject
+from dagster_dbt.errors import DagsterDbtCliRuntimeError
+
+from nudge.asof import to_iso
 
 log = logging.getLogger(__name__)
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
-MANIFEST = DBT_PROJECT_DIR / "target" / "manifest.json"
+DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR)
+MANIFEST = DBT_PROJECT.manifest_path
 _WATCHED = ("models", "macros", "tests", "seeds", "snapshots", "analyses")
+
+
+def dbt_vars(as_of: datetime, **more: str) -> list[str]:
+    """dbt's arguments for an evaluation instant (and any other var): `--vars '{...}'`.
+
+    Without them dbt_project.yml's `nudge_as_of` is empty, which the macros read as now: a
+    `dbt build` by hand evaluates at its own start.
+    """
+    return ["--vars", json.dumps({"nudge_as_of": to_iso(as_of), **more})]
 
 
 def _newest_source_mtime(project_dir: Path) -> float:
@@ -42,26 +61,16 @@ def dbt_executable() -> str:
     return str(candidate) if candidate.exists() else "dbt"
 
 
-def ensure_manifest(project_dir: Path = DBT_PROJECT_DIR) -> bool:
+def ensure_manifest(project: DbtProject = DBT_PROJECT) -> bool:
     """Re-parse the dbt project when a model, macro or config changed. Returns True if it did."""
-    if not manifest_is_stale(project_dir):
+    if not manifest_is_stale(project.project_dir):
         return False
-    log.info("dbt project changed: re-parsing %s", project_dir)
-    proc = subprocess.run(
-        [
-            dbt_executable(),
-            "parse",
-            "--quiet",
-            "--project-dir",
-            str(project_dir),
-            "--profiles-dir",
-            str(project_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        detail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
-        raise RuntimeError("dbt parse failed:\n" + "\n".join(detail))
+    log.info("dbt project changed: re-parsing %s", project.project_dir)
+    # The `dbt parse` dagster-dbt's preparer runs under `dagster dev`, with the dbt installed
+    # beside Nudge (which need not be on PATH).
+    dbt = DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
+    try:
+        dbt.cli(["parse", "--quiet"], target_path=project.target_path).wait()
+    except DagsterDbtCliRuntimeError as exc:
+        raise RuntimeError(f"dbt parse failed:\n{exc}") from None
     return True

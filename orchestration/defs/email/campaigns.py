@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from email_jobs.campaigns import Campaign, load_campaigns
-from orchestration.defs.transform.project import nudge_dbt_project
+from nudge.manifest import DBT_PROJECT
 
 
 def manifest_campaigns() -> list[Campaign]:
-    manifest = json.loads(nudge_dbt_project.manifest_path.read_text())
+    manifest = json.loads(DBT_PROJECT.manifest_path.read_text())
     return load_campaigns(manifest)
