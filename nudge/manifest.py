@@ -8,9 +8,11 @@ is picked up by the next run.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
+from contextlib import redirect_stdout
 from datetime import datetime
 from pathlib import Path
 
@@ -70,7 +72,9 @@ def ensure_manifest(project: DbtProject = DBT_PROJECT) -> bool:
     # beside Nudge (which need not be on PATH).
     dbt = DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
     try:
-        dbt.cli(["parse", "--quiet"], target_path=project.target_path).wait()
+        # dagster-dbt echoes dbt's log lines on stdout, where `nudge status --json` writes.
+        with redirect_stdout(io.StringIO()):
+            dbt.cli(["parse", "--quiet"], target_path=project.target_path).wait()
     except DagsterDbtCliRuntimeError as exc:
         raise RuntimeError(f"dbt parse failed:\n{exc}") from None
     return True

@@ -9,9 +9,11 @@ manifest to a temporary target folder, so the pipeline's manifest stays as it is
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,7 +115,8 @@ def build_shadow(
     dbt = DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
     with tempfile.TemporaryDirectory(prefix="nudge-shadow-") as tmp:
         work = Path(tmp)
-        with writer_lock(settings):
+        # dagster-dbt echoes dbt's log lines on stdout, where the report goes: kept out of it.
+        with writer_lock(settings), redirect_stdout(io.StringIO()):
             # Its own target folder: the pipeline's manifest stays as it is.
             invocation = dbt.cli(
                 _dbt_args(model, as_of), target_path=work / "target", raise_on_error=False
