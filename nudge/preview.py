@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
-import subprocess
+import tempfile
+from contextlib import redirect_stdout
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dagster_dbt import DbtCliResource
+
 from email_jobs.campaigns import Campaign
 from email_jobs.message import DeliveryResult
-from nudge.asof import parse_as_of, to_iso
+from nudge.asof import parse_as_of
 from nudge.evaluation_lock import evaluation_lock, forget_builds, record_builds
-from nudge.manifest import DBT_PROJECT_DIR, dbt_executable
+from nudge.manifest import DBT_PROJECT, dbt_environment, dbt_executable, dbt_invocation_env
 from nudge.settings import ConfigError, Settings
 from nudge.warehouse import connect, writer_lock
 
@@ -26,37 +29,26 @@ def _build_cohort(settings: Settings, campaign: Campaign, as_of: str) -> None:
     keeps its own instant's table) and records the instant it built, which a later evaluation of
     another instant then refuses (nudge.evaluation_lock)."""
     end = parse_as_of(as_of)
+    dbt = DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable())
     with evaluation_lock(settings):
         with connect(settings) as wh:  # closed before dbt opens the (DuckDB) file
             forget_builds(wh, [campaign.cohort])
-        with writer_lock(settings):
-            proc = _dbt_run(campaign, end)
-        if proc.returncode == 0:
-            with connect(settings) as wh:
-                record_builds(wh, [campaign.cohort], end, "nudge-preview")
-    if proc.returncode != 0:
-        raise RuntimeError(f"dbt run of {campaign.cohort} failed:\n{proc.stdout[-2000:]}")
-
-
-def _dbt_run(campaign: Campaign, end: datetime) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            dbt_executable(),
-            "run",
-            "--quiet",
-            "--select",
-            campaign.cohort,
-            "--project-dir",
-            str(DBT_PROJECT_DIR),
-            "--profiles-dir",
-            str(DBT_PROJECT_DIR),
-            "--vars",
-            json.dumps({"nudge_as_of": to_iso(end)}),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+        with tempfile.TemporaryDirectory(prefix="nudge-preview-") as tmp:
+            # dagster-dbt echoes dbt's log lines on stdout, where the preview's paths go.
+            with (
+                writer_lock(settings),
+                dbt_environment(dbt_invocation_env(settings, end)),
+                redirect_stdout(io.StringIO()) as out,
+            ):
+                invocation = dbt.cli(
+                    ["run", "--select", campaign.cohort],
+                    target_path=Path(tmp) / "target",
+                    raise_on_error=False,
+                ).wait()
+        if not invocation.is_successful():
+            raise RuntimeError(f"dbt run of {campaign.cohort} failed:\n{out.getvalue()[-2000:]}")
+        with connect(settings) as wh:
+            record_builds(wh, [campaign.cohort], end, "nudge-preview")
 
 
 def member_row(settings: Settings, campaign: Campaign, entity: str | None) -> dict[str, Any]:

@@ -13,15 +13,15 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 
 import dagster as dg
 
-from nudge.asof import to_iso
+from nudge.asof import day_partition, instant_tags
 from nudge.settings import Settings
-from orchestration.defs.runtime.tags import AS_OF_TAG, INGEST_RUNS_TAG
+from orchestration.defs.shared.tags import EVALUATION_RUN_TAG, INGEST_RUNS_TAG
 
 log = logging.getLogger(__name__)
 
@@ -134,25 +134,15 @@ def _execute(
     partition_key: str | None,
     asset_selection: Sequence[dg.AssetKey] | None,
 ) -> dg.ExecuteInProcessResult:
-    from orchestration.defs.runtime.dbt_in_process import dbt_in_this_process
-
-    # The steps run in this process, and so does dbt: that spares dbt's start (~2 s) on every
-    # evaluation after the first one of the process.
-    with dbt_in_this_process():
-        return job.execute_in_process(
-            # The full event log is in the instance (and the UI); the terminal gets warnings only.
-            run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
-            instance=instance,
-            tags=tags,
-            partition_key=partition_key,
-            raise_on_error=False,
-            asset_selection=list(asset_selection) if asset_selection else None,
-        )
-
-
-def day_partition(end: datetime) -> str:
-    """The day partition an instant closes: the end of 2026-03-11 is 2026-03-12T00:00."""
-    return (end - timedelta(microseconds=1)).date().isoformat()
+    return job.execute_in_process(
+        # The full event log is in the instance (and the UI); the terminal gets warnings only.
+        run_config={"loggers": {"console": {"config": {"log_level": console_log_level}}}},
+        instance=instance,
+        tags=tags,
+        partition_key=partition_key,
+        raise_on_error=False,
+        asset_selection=list(asset_selection) if asset_selection else None,
+    )
 
 
 def _catch_up_ingest(
@@ -165,7 +155,7 @@ def _catch_up_ingest(
     """
     from nudge.ingest import pending_event_dts
     from nudge.warehouse import connect
-    from orchestration.defs.runtime.partitions import days
+    from orchestration.defs.shared.partitions import days
 
     with connect(settings) as wh:
         pending = pending_event_dts(wh, settings.landing_dir)
@@ -189,12 +179,13 @@ def run_evaluation(
     outcomes = _catch_up_ingest(settings, instance, day)
     if not all(o.success for o in outcomes):
         return outcomes
-    tags = {AS_OF_TAG: to_iso(end)}
+    # The partition is `end`'s day; the tag says `end` itself (it may fall inside that day).
+    tags = instant_tags(end)
     if outcomes:
         tags[INGEST_RUNS_TAG] = ",".join(o.run_id for o in outcomes)
     outcomes.append(execute("nudge_evaluate", instance, tags, partition_key=day))
     if send and outcomes[-1].success:
-        send_tags = {AS_OF_TAG: to_iso(end), "nudge/evaluation_run": outcomes[-1].run_id}
+        send_tags = {**instant_tags(end), EVALUATION_RUN_TAG: outcomes[-1].run_id}
         outcomes.append(execute("nudge_send", instance, send_tags))
     return outcomes
 

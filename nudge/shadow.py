@@ -9,19 +9,27 @@ manifest to a temporary target folder, so the pipeline's manifest stays as it is
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
-import subprocess
 import tempfile
+from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dagster_dbt import DbtCliInvocation, DbtCliResource, DbtProject
+
 from nudge.asof import to_iso
-from nudge.manifest import DBT_PROJECT_DIR, dbt_executable
-from nudge.settings import ConfigError, Settings, dbt_env
+from nudge.manifest import (
+    DBT_PROJECT,
+    dbt_environment,
+    dbt_executable,
+    dbt_invocation_env,
+    dbt_vars,
+)
+from nudge.settings import ConfigError, Settings
 from nudge.warehouse import Warehouse, connect, writer_lock
 
 log = logging.getLogger(__name__)
@@ -100,40 +108,28 @@ def _recorded_members(wh: Warehouse, campaign: str, as_of: datetime) -> dict[str
     return {str(e): m for e, m in rows}
 
 
-def _dbt_args(model: str, as_of: datetime, work: Path, project_dir: Path) -> list[str]:
-    """`dbt run` of the one model into its shadow relation, with its own target folder."""
-    return [
-        "run",
-        "--quiet",
-        "--select",
-        model,
-        "--project-dir",
-        str(project_dir),
-        "--profiles-dir",
-        str(project_dir),
-        "--target-path",
-        str(work / "target"),
-        "--log-path",
-        str(work / "logs"),
-        "--vars",
-        json.dumps({"nudge_as_of": to_iso(as_of), "nudge_shadow_model": model}),
-    ]
+def _dbt_args(model: str) -> list[str]:
+    """`dbt run` of the one model into its shadow relation."""
+    return ["run", "--select", model, *dbt_vars(nudge_shadow_model=model)]
 
 
 def build_shadow(
-    settings: Settings, model: str, as_of: datetime, project_dir: Path = DBT_PROJECT_DIR
+    settings: Settings, model: str, as_of: datetime, project: DbtProject = DBT_PROJECT
 ) -> str:
     """Build `model` (its SQL as on disk) into `<model>__shadow` at `as_of`; its relation name."""
+    dbt = DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
     with tempfile.TemporaryDirectory(prefix="nudge-shadow-") as tmp:
         work = Path(tmp)
-        with writer_lock(settings):
-            proc = subprocess.run(
-                [dbt_executable(), *_dbt_args(model, as_of, work, project_dir)],
-                env={**os.environ, **dbt_env(settings)},
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+        # dagster-dbt echoes dbt's log lines on stdout, where the report goes: kept out of it.
+        with (
+            writer_lock(settings),
+            dbt_environment(dbt_invocation_env(settings, as_of)),
+            redirect_stdout(io.StringIO()),
+        ):
+            # Its own target folder: the pipeline's manifest stays as it is.
+            invocation = dbt.cli(
+                _dbt_args(model), target_path=work / "target", raise_on_error=False
+            ).wait()
         manifest_path = work / "target" / "manifest.json"
         nodes: dict[str, Any] = (
             json.loads(manifest_path.read_text())["nodes"] if manifest_path.exists() else {}
@@ -142,12 +138,17 @@ def build_shadow(
             (n for n in nodes.values() if n.get("resource_type") == "model" and n["name"] == model),
             None,
         )
-        if proc.returncode != 0:
-            detail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-            raise ConfigError(f"dbt could not build {model}:\n{detail}")
+        if not invocation.is_successful():
+            raise ConfigError(f"dbt could not build {model}:\n{_dbt_errors(invocation)}")
         if node is None:
             raise ConfigError(f"the dbt project has no model {model!r}")
         return str(node["relation_name"])
+
+
+def _dbt_errors(invocation: DbtCliInvocation) -> str:
+    """dagster-dbt's account of the failure (the error events dbt logged), its last 20 lines."""
+    error = invocation.get_error()
+    return "\n".join(str(error or "dbt failed").strip().splitlines()[-20:])
 
 
 def _members_of(wh: Warehouse, relation: str, model: str) -> dict[str, str | None]:
@@ -163,7 +164,7 @@ def diff_cohort(
     as_of: datetime | None = None,
     *,
     keep: bool = False,
-    project_dir: Path = DBT_PROJECT_DIR,
+    project: DbtProject = DBT_PROJECT,
 ) -> CohortDiff:
     """Build the edited `model` beside the live one and compare its members with those the
     pipeline recorded at the cohort's last evaluation (or at `as_of`)."""
@@ -185,7 +186,7 @@ def diff_cohort(
             f"note: no evaluation of {model} at {to_iso(as_of)}: every member counts as entering "
             "(a campaign's first evaluation is a baseline and sends nothing by default)"
         )
-    relation = build_shadow(settings, model, as_of, project_dir)
+    relation = build_shadow(settings, model, as_of, project)
     with connect(settings) as wh:
         try:
             shadow = _members_of(wh, relation, model)

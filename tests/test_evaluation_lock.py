@@ -26,9 +26,8 @@ from nudge.generate import generate
 from nudge.settings import Settings, load_settings
 from nudge.warehouse import connect
 from orchestration.defs.email.assets import build_evaluations
-from orchestration.defs.runtime.resources import NudgeResource
-from orchestration.defs.runtime.tags import AS_OF_TAG
-from orchestration.defs.transform.assets import evaluation_lock_resource
+from orchestration.defs.shared.resources import NudgeResource, evaluation_lock_resource
+from orchestration.defs.shared.tags import AS_OF_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,9 +21,8 @@ from nudge.evaluation_lock import record_builds
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse, connect
 from orchestration.defs.email.assets import build_evaluations, build_sends
-from orchestration.defs.runtime.resources import NudgeResource
-from orchestration.defs.runtime.tags import AS_OF_TAG, INGEST_RUNS_TAG
-from orchestration.defs.transform.assets import evaluation_lock_resource
+from orchestration.defs.shared.resources import NudgeResource, evaluation_lock_resource
+from orchestration.defs.shared.tags import AS_OF_TAG, INGEST_RUNS_TAG
 
 D0 = datetime(2026, 4, 1)
 CAMPAIGN = Campaign(

@@ -15,8 +15,8 @@ import dagster as dg
 import pytest
 from support.scenario import land_until, write_profiles
 
+from nudge.asof import day_partition
 from nudge.ingest.watch import changes_since, event_file_versions
-from nudge.runner import day_partition
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,14 +56,36 @@ def test_an_instant_belongs_to_the_day_it_closes() -> None:
 
 
 def test_dbt_builds_once_at_the_instant_without_unit_tests() -> None:
-    from orchestration.defs.transform.assets import dbt_as_of_env, dbt_build_args
+    from nudge.manifest import dbt_invocation_env
+    from nudge.settings import load_settings
+    from orchestration.defs.transform.assets import dbt_build_args
 
     args = dbt_build_args()
     assert args[0] == "build"
     assert args[args.index("--exclude-resource-type") + 1] == "unit_test"
     assert args[args.index("--exclude") + 1] == "source:raw"
     assert "--vars" not in args  # changed --vars would make dbt re-parse the project each run
-    assert dbt_as_of_env(datetime(2026, 3, 12)) == {"NUDGE_AS_OF": "2026-03-12T00:00:00Z"}
+    env = dbt_invocation_env(load_settings(), datetime(2026, 3, 12))
+    assert env["NUDGE_AS_OF"] == "2026-03-12T00:00:00Z"
+    assert env["NUDGE_DBT_TARGET"] == "duckdb"
+
+
+def test_other_dbt_vars_go_as_vars() -> None:
+    from nudge.manifest import dbt_vars
+
+    assert dbt_vars() == []
+    shadow = json.loads(dbt_vars(nudge_shadow_model="cohort_x")[1])
+    assert shadow == {"nudge_shadow_model": "cohort_x"}
+
+
+def test_a_runs_instant_is_its_tag_else_the_end_of_its_day_partition() -> None:
+    from nudge.asof import AS_OF_TAG, instant_of, instant_tags
+
+    assert instant_of({}, "2026-03-11") == datetime(2026, 3, 12)
+    tagged = instant_tags(datetime(2026, 3, 11, 6))
+    assert tagged == {AS_OF_TAG: "2026-03-11T06:00:00Z"}
+    assert instant_of(tagged, "2026-03-11") == datetime(2026, 3, 11, 6)  # the tag wins
+    assert instant_of({}, None) is None  # `nudge release`: no instant
 
 
 def test_changed_files_are_grouped_by_dt_and_trigger_once_per_version(tmp_path: Path) -> None:
@@ -84,7 +106,7 @@ def test_changed_files_are_grouped_by_dt_and_trigger_once_per_version(tmp_path: 
 
 
 def test_landing_sensor_requests_exactly_the_changed_partitions(env: Path, dbt_manifest) -> None:
-    from orchestration.defs.runtime.automation import landing_files
+    from orchestration.defs.ingest.sensors import landing_files
 
     land_until(env, date(2026, 3, 11), first=date(2026, 3, 9))
     with dg.instance_for_test() as instance:
@@ -103,7 +125,7 @@ def test_landing_sensor_requests_exactly_the_changed_partitions(env: Path, dbt_m
 
 
 def test_daily_schedule_evaluates_the_day_that_just_ended(dbt_manifest) -> None:
-    from orchestration.defs.runtime.automation import daily_schedule
+    from orchestration.defs.email.schedules import daily_schedule
 
     schedule = daily_schedule("0 6 * * *")
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 12, 6, tzinfo=UTC))
@@ -129,7 +151,8 @@ def test_backfill_of_past_days_reingests_and_reevaluates_without_sending(
     ingest_runs = instance.get_runs(dg.RunsFilter(job_name="nudge_ingest"))
     assert len(ingest_runs) == 1
     # dbt kept its parse state from the first run (this warehouse path is not the one the project
-    # was parsed with at install), so the later runs did not parse the whole project again.
+    # was parsed with at install, and each day is a new instant), so the later runs did not parse
+    # the whole project again.
     dbt_output = (tmp_path / "dagster_home" / "last-nudge_evaluate.log").read_text()
     assert "Registered adapter" in dbt_output  # it is dbt's output
     assert "Unable to do partial parsing" not in dbt_output
@@ -202,7 +225,7 @@ def test_a_failed_run_is_recorded_where_nudge_status_shows_it(
 ) -> None:
     from nudge.cli import main as nudge
     from nudge.runner import execute
-    from orchestration.defs.runtime.automation import record_run_failures
+    from orchestration.defs.email.sensors import record_run_failures
 
     # No events at all before the instant: the freshness guard defers, and the run fails.
     instance = dg.DagsterInstance.get()
@@ -228,38 +251,46 @@ def test_a_failed_run_is_recorded_where_nudge_status_shows_it(
     assert last["run_id"] == outcome.run_id and last["job"] == "nudge_evaluate"
 
 
-def test_dbt_in_nudges_process_records_what_a_dbt_subprocess_records(
+def test_a_daemon_launched_run_materializes_every_model_and_its_sends_carry_its_instant(
     env: Path, dbt_manifest
 ) -> None:
-    """`nudge` runs dbt in its own process; a run the daemon launches runs dbt as a subprocess.
-    The UI must show the same materializations and the same asset checks either way."""
-    from nudge.runner import definitions, execute
+    """A partition run as the schedule or a backfill starts it (no tag): every dbt model
+    materialized with its checks, and the send run the sensor starts evaluates at the same
+    instant (the end of the partition's day), not at the campaign's newest evaluation."""
+    from nudge.asof import AS_OF_TAG
+    from nudge.runner import execute
+    from orchestration.defs.email.sensors import send_after_evaluation
     from orchestration.defs.transform.assets import nudge_dbt_models
 
     land_until(env, date(2026, 3, 11))
     instance = dg.DagsterInstance.get()
-    in_process = execute("nudge_evaluate", instance, {}, partition_key="2026-03-10")
-    job = definitions().resolve_job_def("nudge_evaluate")
-    subprocess_run = job.execute_in_process(
-        instance=instance, partition_key="2026-03-11", raise_on_error=False
-    )
-    assert in_process.success and subprocess_run.success
+    outcome = execute("nudge_evaluate", instance, {}, partition_key="2026-03-10")
+    assert outcome.success, outcome.error
 
-    def recorded(run_id: str) -> tuple[set[str], set[tuple[str, str, bool]]]:
-        materialized, checks = set(), set()
-        for record in instance.all_logs(run_id):
-            event = record.dagster_event
-            if event and event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
-                materialized.add(event.asset_key.to_user_string())
-            if event and event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
-                data = event.event_specific_data
-                checks.add((data.asset_key.to_user_string(), data.check_name, data.passed))
-        return materialized, checks
-
-    materialized, checks = recorded(in_process.run_id)
+    materialized, checks = set(), set()
+    for record in instance.all_logs(outcome.run_id):
+        event = record.dagster_event
+        if event and event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            materialized.add(event.asset_key.to_user_string())
+        if event and event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            data = event.event_specific_data
+            checks.add((data.asset_key.to_user_string(), data.check_name, data.passed))
     assert {k.to_user_string() for k in nudge_dbt_models.keys} <= materialized
     assert checks and all(passed for _, _, passed in checks)
-    assert (materialized, checks) == recorded(subprocess_run.run_id)
+
+    context = dg.build_run_status_sensor_context(
+        sensor_name="send_after_evaluation",
+        dagster_event=next(
+            e.dagster_event
+            for e in instance.all_logs(outcome.run_id)
+            if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_SUCCESS
+        ),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(outcome.run_id),
+    )
+    request = send_after_evaluation(context)
+    assert request.tags[AS_OF_TAG] == "2026-03-11T00:00:00Z"
+    assert request.tags["nudge/evaluation_run"] == outcome.run_id
 
 
 CHILD_SIGNALS = """

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from nudge.settings import dbt_env, load_settings
-from orchestration.defs.runtime.resources import NudgeResource
+from orchestration.defs.shared.resources import NudgeResource
 
 
 def test_loading_settings_leaves_the_environment_as_it_was(monkeypatch: pytest.MonkeyPatch):

@@ -17,13 +17,13 @@ from email_jobs.evaluate import (
 from email_jobs.send import send_campaign
 from email_jobs.suppressions import sync_suppressions
 from email_jobs.template_columns import check_built_columns
-from nudge.asof import parse_as_of
+from nudge.asof import instant_of
 from nudge.evaluation_lock import CohortNotBuiltForInstant, HeldLock, check_built_for
 from orchestration.defs.email.campaigns import manifest_campaigns
-from orchestration.defs.runtime.instant import evaluation_instant
-from orchestration.defs.runtime.partitions import days
-from orchestration.defs.runtime.resources import NudgeResource
-from orchestration.defs.runtime.tags import AS_OF_TAG, INGEST_RUNS_TAG
+from orchestration.defs.shared.instant import evaluation_instant
+from orchestration.defs.shared.partitions import days
+from orchestration.defs.shared.resources import NudgeResource
+from orchestration.defs.shared.tags import INGEST_RUNS_TAG
 from orchestration.defs.transform.assets import nudge_dbt_models
 
 OWNERS = ["team:crm"]
@@ -199,10 +199,10 @@ def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
     def campaign_sends(context: dg.AssetExecutionContext, nudge: NudgeResource) -> Iterator[Any]:
         settings = nudge.settings()
         backend = make_backend(settings)
-        # The frequency cap counts from the evaluation's instant; a run without one
-        # (`nudge release`) uses the campaign's newest evaluation (email_jobs.send).
-        tag = context.run.tags.get(AS_OF_TAG)
-        as_of = parse_as_of(tag) if tag else None
+        # The frequency cap counts from the evaluation's instant (the tag `nudge run` and the
+        # send_after_evaluation sensor set); a run without one (`nudge release`) uses the
+        # campaign's newest evaluation (email_jobs.send).
+        as_of = instant_of(context.run.tags)
         try:
             for c in _selected(context, campaigns, sends_key):
                 report = send_campaign(

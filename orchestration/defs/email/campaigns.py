@@ -6,9 +6,9 @@ import json
 
 from email_jobs.campaigns import Campaign
 from email_jobs.template_columns import load_campaigns
-from orchestration.defs.transform.project import nudge_dbt_project
+from nudge.manifest import DBT_PROJECT
 
 
 def manifest_campaigns() -> list[Campaign]:
-    manifest = json.loads(nudge_dbt_project.manifest_path.read_text())
+    manifest = json.loads(DBT_PROJECT.manifest_path.read_text())
     return load_campaigns(manifest)

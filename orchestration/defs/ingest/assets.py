@@ -6,8 +6,8 @@ from datetime import date
 import dagster as dg
 
 from nudge.ingest import IngestReport, ingest_pending
-from orchestration.defs.runtime.partitions import days
-from orchestration.defs.runtime.resources import NudgeResource
+from orchestration.defs.shared.partitions import days
+from orchestration.defs.shared.resources import NudgeResource
 
 OWNERS = ["team:data"]
 

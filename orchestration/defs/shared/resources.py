@@ -1,16 +1,20 @@
-"""Resources: Nudge's settings and warehouse, dbt's CLI."""
+"""Resources every domain uses: Nudge's settings and warehouse, dbt's CLI, the evaluation lock.
+
+Each is bound with an empty config schema: nothing a run launch sets decides which program runs,
+which project is built or where mail goes.
+"""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
+from dagster_dbt import DbtCliResource
 
-from nudge.manifest import dbt_executable
+from nudge.evaluation_lock import HeldLock, evaluation_lock
+from nudge.manifest import DBT_PROJECT, dbt_executable
 from nudge.settings import Settings, load_settings
 from nudge.warehouse import Warehouse, connect
-from orchestration.defs.runtime.dbt_cli import NudgeDbtCliResource
-from orchestration.defs.transform.project import nudge_dbt_project
 
 
 class NudgeResource(dg.ConfigurableResource):
@@ -45,18 +49,29 @@ def locked_io_manager(context: dg.InitResourceContext) -> dg.IOManager:
     return dg.FilesystemIOManager().create_io_manager(context)
 
 
+@dg.resource(
+    config_schema={},
+    description="Held from a run's dbt build until its evaluations are recorded: one evaluation "
+    "at a time per warehouse (nudge.evaluation_lock).",
+)
+def evaluation_lock_resource(_: dg.InitResourceContext) -> Iterator[HeldLock]:
+    # A run's steps run in one process (in-process executor), so this is initialized once per
+    # run and torn down when the run ends, crash included (the OS or Postgres drops the lock).
+    with evaluation_lock(load_settings()) as held:
+        yield held
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
         resources={
             "nudge": locked(NudgeResource(), "Nudge's settings, from the environment only"),
             "dbt": locked(
-                NudgeDbtCliResource(
-                    project_dir=nudge_dbt_project, dbt_executable=dbt_executable()
-                ),
+                DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable()),
                 "dbt's CLI on the project and executable baked into the code location",
             ),
             "io_manager": locked_io_manager,
+            "evaluation_lock": evaluation_lock_resource,
         },
         # The implicit job of ad-hoc materializations would otherwise run the multiprocess
         # executor, whose run config names modules for its forkserver to import.
