@@ -50,6 +50,7 @@ from typing import Any
 from email_jobs.backends import verify_backend
 from email_jobs.campaigns import Campaign
 from email_jobs.drips import step_campaign
+from email_jobs.event_spool import load_spool
 from email_jobs.faults import fault_point
 from email_jobs.ledger import (
     ClaimedRow,
@@ -67,7 +68,8 @@ from email_jobs.ledger import (
     state_counts,
 )
 from email_jobs.message import Backend, CredentialError, DeliveryResult, OutgoingEmail
-from email_jobs.recipients import screen_claimed
+from email_jobs.recipients import Screened, screen_claimed
+from email_jobs.unsubscribe import check_unsubscribe_ready
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
 
@@ -400,6 +402,10 @@ def send_campaign(
     if not campaign.enabled:  # sends nothing, not even rows left pending from before
         log.info("campaign %s is disabled: nothing sent", campaign.name)
         return report
+    # Without signed unsubscribe links (and no SendGrid group) smtp/sendgrid refuse to send.
+    check_unsubscribe_ready(
+        settings, backend.name, [(campaign.name, campaign.unsubscribe_group_id)]
+    )
     verify_backend(backend)  # a refused credential stops here, before anything is claimed
     batch_size = batch_size or 2 * max(1, settings.send_concurrency)
     stop = threading.Event()
@@ -513,7 +519,7 @@ def _send_all(
                 # The suppression list as it is now: drops addresses from these messages, and
                 # skips the rows left without a To address.
                 screened = conn.call(
-                    lambda w, rows=claim.rows: screen_claimed(w, campaign, run_id, rows)
+                    lambda w, rows=claim.rows: _screen(w, settings, campaign, run_id, rows)
                 )
                 wh = conn.wh
                 report.suppressed += screened.skipped
@@ -566,6 +572,16 @@ def _send_all(
             f"campaign {campaign.name}: run {run_id} could not renew its claims' lease; it "
             "stopped, and a later run sends what is left"
         )
+
+
+def _screen(
+    wh: Warehouse, settings: Settings, campaign: Campaign, run_id: str, rows: list[ClaimedRow]
+) -> Screened:
+    """The claim-time screen, after loading what `nudge serve` spooled (DuckDB): an unsubscribe
+    or bounce received while this run holds the writer lock counts from the next batch."""
+    if rows:
+        load_spool(wh, settings)
+    return screen_claimed(wh, campaign, run_id, rows)
 
 
 def _count(report: SendReport, r: Recorded) -> None:

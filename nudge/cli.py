@@ -41,12 +41,19 @@ def _prepare_pipeline(settings: Settings) -> None:
     # A broken cohort yml or template fails here, in one line naming the model, rather than
     # deep inside the code location's loading.
     from email_jobs.campaigns import CampaignError
+    from email_jobs.unsubscribe import check_unsubscribe_ready
     from orchestration.defs.email.campaigns import manifest_campaigns
 
     try:
-        manifest_campaigns()
+        campaigns = manifest_campaigns()
     except CampaignError as exc:
         raise UserError(str(exc)) from None
+    # smtp/sendgrid without signed unsubscribe links: refused before any work (one line).
+    check_unsubscribe_ready(
+        settings,
+        settings.email_backend,
+        [(c.name, c.unsubscribe_group_id) for c in campaigns if c.enabled],
+    )
 
 
 def _instance():

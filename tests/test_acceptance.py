@@ -127,6 +127,8 @@ def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     controller.start()
     try:
         monkeypatch.setenv("NUDGE_EMAIL_BACKEND", "smtp")
+        monkeypatch.setenv("NUDGE_SECRET_KEY", "acceptance-secret-key-0123")
+        monkeypatch.setenv("NUDGE_PUBLIC_URL", "https://nudge.example.test")
         monkeypatch.setenv("NUDGE_SMTP_HOST", "127.0.0.1")
         monkeypatch.setenv("NUDGE_SMTP_PORT", str(controller.port))
         messages = _run_scenario(tmp_path, monkeypatch, lambda: [raw for _, raw in received])

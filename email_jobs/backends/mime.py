@@ -9,6 +9,7 @@ import unicodedata
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
+from email_jobs.backends.copies import RecipientCopy
 from email_jobs.message import OutgoingEmail
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,17 @@ def message_id(email: OutgoingEmail) -> str:
     return f"<{digest}.nudge@{domain}>"
 
 
-def build_message(email: OutgoingEmail, *, include_bcc: bool = False) -> EmailMessage:
+def build_message(
+    email: OutgoingEmail, *, include_bcc: bool = False, copy: RecipientCopy | None = None
+) -> EmailMessage:
     """multipart/alternative (text, then HTML) with every header the email carries.
 
     The Bcc header is written only when asked (the outbox keeps it as a record); a message that
-    goes over the wire carries bcc recipients in the envelope alone.
+    goes over the wire carries bcc recipients in the envelope alone. With `copy`, the subject,
+    bodies and headers are that recipient's (email_jobs.backends.copies).
     """
+    subject = copy.subject if copy else email.subject
+    headers = copy.headers if copy else email.headers
     msg = EmailMessage()
     set_header(msg, "From", email.from_addr)
     set_header(msg, "To", ", ".join(email.to))
@@ -62,15 +68,15 @@ def build_message(email: OutgoingEmail, *, include_bcc: bool = False) -> EmailMe
         set_header(msg, "Cc", ", ".join(email.cc))
     if include_bcc and email.bcc:
         set_header(msg, "Bcc", ", ".join(email.bcc))
-    set_header(msg, "Subject", email.subject)
+    set_header(msg, "Subject", subject)
     set_header(msg, "Date", formatdate(usegmt=True))
     set_header(msg, "Message-ID", message_id(email))
-    for name, value in email.headers.items():
+    for name, value in headers.items():
         if name.lower() in ("from", "to", "cc", "bcc", "subject", "date", "message-id"):
             continue  # never let a custom header override the envelope-relevant ones
         set_header(msg, clean_header_value(name), value)
-    msg.set_content(email.text)
-    msg.add_alternative(email.html, subtype="html")
+    msg.set_content(copy.text if copy else email.text)
+    msg.add_alternative(copy.html if copy else email.html, subtype="html")
     return msg
 
 
