@@ -72,6 +72,21 @@ def write_spool(folder: Path, records: list[dict[str, Any]]) -> Path:
     return ready
 
 
+def probe_spool(folder: Path) -> None:
+    """Create the folders and write, fsync and delete a probe file: raises OSError unless the
+    spool can take a record now."""
+    (folder / READY).mkdir(parents=True, exist_ok=True)
+    (folder / TMP).mkdir(parents=True, exist_ok=True)
+    probe = folder / TMP / f".probe-{os.getpid()}-{uuid.uuid4().hex}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"ok")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
 def unsubscribe_record(target: UnsubscribeTarget, at: datetime) -> dict[str, Any]:
     return {
         "kind": "unsubscribe",

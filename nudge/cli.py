@@ -117,6 +117,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nudge.serve import serve
+
+    serve(_settings(), args.host, args.port)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from nudge.generate import generate
 
@@ -333,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--by", help="who, for the record (default: the user running this)")
     sp.add_argument("--all", action="store_true", help="list: lifted suppressions too")
     sp.add_argument("--json", action="store_true", help="list: one JSON array")
+
+    sp = add("serve", cmd_serve, "the unsubscribe and delivery-event web service")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8080)
 
     sp = add(
         "status", cmd_status, "campaigns, cohort sizes, last evaluation, ledger and ingest counts"

@@ -73,8 +73,6 @@ def environment(tmp_path: Path, url: str, sg: FakeSendGrid, key: str = API_KEY) 
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "NUDGE_EMAIL_BACKEND": "sendgrid",
         "SENDGRID_API_KEY": key,
-        "NUDGE_SECRET_KEY": "concurrency-secret-key-0123",
-        "NUDGE_PUBLIC_URL": "https://nudge.example.test",
         "NUDGE_SENDGRID_HOST": sg.url,
         "NUDGE_FROM_EMAIL": "hello@acme.example",
         "NUDGE_SEND_CONCURRENCY": str(WORKERS),

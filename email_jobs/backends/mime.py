@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 import unicodedata
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
@@ -15,6 +16,7 @@ from email_jobs.message import OutgoingEmail
 log = logging.getLogger(__name__)
 
 _SPACES = re.compile(r"\s+")
+_LONG_LINES = policy.default.clone(max_line_length=998)
 
 
 def clean_header_value(value: str) -> str:
@@ -61,7 +63,9 @@ def build_message(
     """
     subject = copy.subject if copy else email.subject
     headers = copy.headers if copy else email.headers
-    msg = EmailMessage()
+    # A signed link is one long word: folded at 78 it would be RFC 2047-encoded, which
+    # List-Unsubscribe must never be (RFC 2369); 998 is RFC 5322's hard line limit.
+    msg = EmailMessage(policy=_LONG_LINES) if copy else EmailMessage()
     set_header(msg, "From", email.from_addr)
     set_header(msg, "To", ", ".join(email.to))
     if email.cc:
