@@ -20,8 +20,12 @@ signatures are checked before anything is parsed, and no token, address or key i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -84,6 +88,36 @@ async def bounded_body(request: Request, limit: int) -> bytes | Response:
 
 
 # -- recording ---------------------------------------------------------------------------------
+
+
+class Recent:
+    """Keys seen in the last `ttl_s` seconds (at most `size`, thread-safe): a byte-identical
+    replay of a signed request, or a link clicked again, within that time is answered without
+    writing again, so a replaying client cannot fill the disk. Bounded in time so that a click
+    after an operator lifted the suppression is recorded again."""
+
+    def __init__(self, size: int = 10_000, ttl_s: float = 300.0) -> None:
+        self.size, self.ttl_s = size, ttl_s
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, key: bytes) -> bool:
+        """True when the key was not seen within the time window."""
+        digest = hashlib.sha256(key).digest()
+        now = time.monotonic()
+        with self._lock:
+            while self._seen and (
+                len(self._seen) > self.size or next(iter(self._seen.values())) < now - self.ttl_s
+            ):
+                self._seen.popitem(last=False)
+            if digest in self._seen:
+                return False
+            self._seen[digest] = now
+            return True
+
+    def forget(self, key: bytes) -> None:
+        with self._lock:
+            self._seen.pop(hashlib.sha256(key).digest(), None)
 
 
 class Recorder:
@@ -206,6 +240,7 @@ def create_app(
             ) from None
     recorder = Recorder(settings)
     recorder.prepare()
+    recent = Recent()
 
     def target_of(request: Request) -> UnsubscribeTarget | None:
         token = request.path_params["token"]
@@ -230,9 +265,12 @@ def create_app(
         target = target_of(request)
         if target is None:
             return not_found()
+        seen = f"u\0{target.campaign}\0{target.address}".encode()
         try:
-            await run_in_threadpool(recorder.unsubscribe, target, now().replace(tzinfo=None))
+            if recent.add(seen):
+                await run_in_threadpool(recorder.unsubscribe, target, now().replace(tzinfo=None))
         except Exception:
+            recent.forget(seen)
             log.exception("unsubscribe (campaign %s) could not be recorded", target.campaign)
             return page(
                 "Please try again",
@@ -262,10 +300,12 @@ def create_app(
             events, ignored = parse_webhook(body)
         except ValueError as exc:
             return PlainTextResponse(f"{exc}\n", status_code=400)
-        if events:
+        seen = b"w\0" + (signature or "").encode() + b"\0" + body
+        if events and recent.add(seen):  # a byte-identical replay was recorded already
             try:
                 await run_in_threadpool(recorder.events, events)
             except Exception:
+                recent.forget(seen)
                 log.exception("webhook: %d event(s) could not be recorded", len(events))
                 return PlainTextResponse("try again\n", status_code=503)
         return JSONResponse({"stored": len(events), "ignored": ignored})
