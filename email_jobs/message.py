@@ -22,6 +22,11 @@ class OutgoingEmail:
     headers: dict[str, str] = field(default_factory=dict)
     categories: tuple[str, ...] = ()
     unsubscribe_group_id: int | None = None
+    # Signed unsubscribe links, one per recipient (address, link): each recipient gets a copy
+    # whose bodies carry their link where the placeholder stands, and whose List-Unsubscribe
+    # header is theirs (email_jobs.backends.copies). Empty: one message for all, as rendered.
+    unsubscribe_placeholder: str = ""
+    unsubscribe_links: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

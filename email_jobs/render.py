@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Collection, Mapping
 from datetime import datetime
 from functools import lru_cache
@@ -35,6 +36,7 @@ from email_jobs.campaigns import Campaign
 from email_jobs.css_precompile import PRECOMPILED
 from email_jobs.message import OutgoingEmail
 from email_jobs.recipients import Recipients, drop_suppressed, message_recipients
+from email_jobs.unsubscribe import link_for, signed_links
 from nudge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -222,7 +224,12 @@ def check_template(campaign: Campaign, templates_dir: Path | None = None) -> Non
 # --------------------------------------------------------------------------- rendering
 
 
-def _context(campaign: Campaign, row: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+def _context(
+    campaign: Campaign,
+    row: Mapping[str, Any],
+    settings: Settings,
+    unsubscribe_url: str | None = None,
+) -> dict[str, Any]:
     if row.get("entity_id") is None:
         raise RenderError(f"campaign {campaign.name!r}: cohort row has no entity_id: {dict(row)!r}")
     entity_id = str(row["entity_id"])
@@ -246,12 +253,20 @@ def _context(campaign: Campaign, row: Mapping[str, Any], settings: Settings) -> 
         # which may hold an invalid address (dropped from the headers) or injected lines.
         valid = (normalize_address(part) for part in split_addresses(row.get("cc")))
         context["cc"] = ", ".join(a for a in valid if a) or None
-    unsubscribe_url = _unsubscribe_url(campaign.name, entity_id, settings)
+    if unsubscribe_url is None:
+        address = normalize_address(row.get("email"))
+        unsubscribe_url = _unsubscribe_url(campaign.name, entity_id, settings, address)
     context.update(campaign=campaign.name, entity_id=entity_id, unsubscribe_url=unsubscribe_url)
     return context
 
 
-def _unsubscribe_url(campaign: str, entity_id: str, settings: Settings) -> str:
+def _unsubscribe_url(
+    campaign: str, entity_id: str, settings: Settings, address: str | None = None
+) -> str:
+    """The signed link of `address` when NUDGE_SECRET_KEY and NUDGE_PUBLIC_URL are set (a
+    preview shows the main recipient's), else NUDGE_UNSUBSCRIBE_URL's placeholder (outbox)."""
+    if address and signed_links(settings):
+        return link_for(settings, campaign, entity_id, address)
     try:
         return settings.unsubscribe_url.format(
             campaign=quote(campaign, safe=""), entity=quote(entity_id, safe="")
@@ -360,11 +375,12 @@ def render_parts(
     *,
     templates_dir: Path | None = None,
     inline: bool = True,
+    unsubscribe_url: str | None = None,
 ) -> tuple[str, str, str]:
     """(subject, html, text) for one cohort row; the HTML with its CSS inlined unless told."""
     folder = _templates_dir(templates_dir)
     env = _environment(folder)
-    context = _context(campaign, row, settings)
+    context = _context(campaign, row, settings, unsubscribe_url)
     where = f"campaign {campaign.name!r}, entity {context['entity_id']!r}"
     subject_t, html_t, text_t = (_load(env, folder, campaign.template, f) for f in TEMPLATE_FILES)
     subject = clean_subject(_render(subject_t, context, where))
@@ -426,16 +442,32 @@ def render_email(
             f"({row.get('email')!r}) that is not suppressed"
         )
     shown = _as_sent(row, recipients)
-    subject, html, text = render_parts(campaign, shown, settings, templates_dir=templates_dir)
     to, cc, bcc = recipients.to, recipients.cc, recipients.bcc
-    unsubscribe_url = _unsubscribe_url(campaign.name, entity_id, settings)
+    # Signed links are per recipient: the template renders once with a random placeholder, and
+    # each recipient's copy carries their own link in its place (email_jobs.backends.copies).
+    links: tuple[tuple[str, str], ...] = ()
+    placeholder = ""
+    if signed_links(settings):
+        placeholder = f"nudge-unsubscribe-{secrets.token_hex(12)}"
+        seen: dict[str, str] = {}
+        for address in (*to, *cc, *bcc):
+            seen.setdefault(address.lower(), address)
+        links = tuple(
+            (address, link_for(settings, campaign.name, entity_id, address))
+            for address in seen.values()
+        )
+    subject, html, text = render_parts(
+        campaign, shown, settings, templates_dir=templates_dir, unsubscribe_url=placeholder or None
+    )
     headers = {
         "X-Nudge-Campaign": _header_value(campaign.name),
         "X-Nudge-Entity": _header_value(entity_id),
     }
     if ledger_key:
         headers["X-Nudge-Key"] = _header_value(ledger_key)
-    headers["List-Unsubscribe"] = f"<{_header_value(unsubscribe_url)}>"
+    if not links:
+        unsubscribe_url = _unsubscribe_url(campaign.name, entity_id, settings)
+        headers["List-Unsubscribe"] = f"<{_header_value(unsubscribe_url)}>"
     return OutgoingEmail(
         campaign=campaign.name,
         entity_id=entity_id,
@@ -450,4 +482,6 @@ def render_email(
         headers=headers,
         categories=(campaign.name,),
         unsubscribe_group_id=campaign.unsubscribe_group_id,
+        unsubscribe_placeholder=placeholder,
+        unsubscribe_links=links,
     )

@@ -45,11 +45,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from email_jobs.backends import verify_backend
 from email_jobs.campaigns import Campaign
 from email_jobs.drips import step_campaign
+from email_jobs.event_spool import load_spool_folder, spool_dir
 from email_jobs.faults import fault_point
 from email_jobs.ledger import (
     ClaimedRow,
@@ -70,6 +72,7 @@ from email_jobs.ledger import (
 )
 from email_jobs.message import Backend, CredentialError, DeliveryResult, OutgoingEmail
 from email_jobs.store import latest_evaluation
+from email_jobs.unsubscribe import check_unsubscribe_ready
 from nudge.settings import Settings
 from nudge.warehouse import Warehouse
 
@@ -94,6 +97,7 @@ class SendOptions:
     concurrency: int = 8  # worker threads; a batch is twice this many rows by default
     lease_s: float = 120.0  # NUDGE_SEND_LEASE_SECONDS
     max_per_recipient_per_day: int = 1  # the frequency cap; 0 turns it off
+    spool: Path | None = None  # `nudge serve`'s spool on DuckDB (email_jobs.event_spool)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendOptions:
@@ -101,6 +105,7 @@ class SendOptions:
             concurrency=max(1, settings.send_concurrency),
             lease_s=settings.send_lease_seconds,
             max_per_recipient_per_day=max(0, settings.max_emails_per_recipient_per_day),
+            spool=spool_dir(settings),
         )
 
 
@@ -419,6 +424,10 @@ def send_campaign(
     if not campaign.enabled:  # sends nothing, not even rows left pending from before
         log.info("campaign %s is disabled: nothing sent", campaign.name)
         return report
+    # Without signed unsubscribe links (and no SendGrid group) smtp/sendgrid refuse to send.
+    check_unsubscribe_ready(
+        settings, backend.name, [(campaign.name, campaign.unsubscribe_group_id)]
+    )
     verify_backend(backend)  # a refused credential stops here, before anything is claimed
     batch_size = batch_size or 2 * options.concurrency
     stop = threading.Event()
@@ -582,9 +591,11 @@ def _claim_next(
         to_record = []
         fault_point("after_claim")
         report.deferred += claim.deferred
-        # The suppression list as it is now: drops addresses from these messages, and skips the
-        # rows left without a To address.
-        screened = conn.call(lambda w, rows=claim.rows: screen_claimed(w, campaign, run_id, rows))
+        # The suppression list as it is now (with what `nudge serve` spooled meanwhile, on
+        # DuckDB): drops addresses from these messages, and skips the rows left without a To.
+        screened = conn.call(
+            lambda w, rows=claim.rows: _screen(w, options.spool, campaign, run_id, rows)
+        )
         report.suppressed += screened.skipped
         if screened.rows:
             return screened
@@ -603,6 +614,16 @@ def _log_progress(campaign: Campaign, report: SendReport) -> None:
         report.deferred,
         report.delivery_unknown,
     )
+
+
+def _screen(
+    wh: Warehouse, spool: Path | None, campaign: Campaign, run_id: str, rows: list[ClaimedRow]
+) -> Screened:
+    """The claim-time screen, after loading what `nudge serve` spooled (DuckDB): an unsubscribe
+    or bounce received while this run holds the writer lock counts from the next batch."""
+    if rows:
+        load_spool_folder(wh, spool)
+    return screen_claimed(wh, campaign, run_id, rows)
 
 
 def _count(report: SendReport, r: Recorded) -> None:

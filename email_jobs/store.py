@@ -103,6 +103,26 @@ DDL: tuple[str, ...] = (
     "alter table nudge.suppressions add column if not exists lifted_at timestamp",
     "alter table nudge.suppressions add column if not exists lifted_by varchar",
     "alter table nudge.suppressions add column if not exists lifted_reason text",
+    # SendGrid's Event Webhook, as `nudge serve` receives it (email_jobs.email_events). One row
+    # per (ledger key, recipient, event, SendGrid's timestamp, clicked URL): a redelivery, whose
+    # sg_event_id may differ, finds its row already there. '' stands for an absent key/email/url.
+    """
+    create table if not exists nudge.email_events (
+        nudge_key     varchar not null,
+        email         varchar not null,
+        event         varchar not null,
+        event_ts      bigint not null,
+        url           varchar not null,
+        event_at      timestamp not null,
+        campaign      varchar,
+        entity_id     varchar,
+        reason        text,
+        sg_event_id   varchar,
+        sg_message_id varchar,
+        received_at   timestamp not null,
+        primary key (nudge_key, email, event, event_ts, url)
+    )
+    """,
 )
 
 

@@ -41,12 +41,19 @@ def _prepare_pipeline(settings: Settings) -> None:
     # A broken cohort yml or template fails here, in one line naming the model, rather than
     # deep inside the code location's loading.
     from email_jobs.campaigns import CampaignError
+    from email_jobs.unsubscribe import check_unsubscribe_ready
     from orchestration.defs.email.campaigns import manifest_campaigns
 
     try:
-        manifest_campaigns()
+        campaigns = manifest_campaigns()
     except CampaignError as exc:
         raise UserError(str(exc)) from None
+    # smtp/sendgrid without signed unsubscribe links: refused before any work (one line).
+    check_unsubscribe_ready(
+        settings,
+        settings.email_backend,
+        [(c.name, c.unsubscribe_group_id) for c in campaigns if c.enabled],
+    )
 
 
 def _instance():
@@ -108,6 +115,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     argv = [str(dagster), "dev", "-w", str(workspace), "--port", str(args.port)]
     os.execv(argv[0], argv)
     return 0  # not reached
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nudge.serve import serve
+
+    serve(_settings(), args.host, args.port)
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -326,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--by", help="who, for the record (default: the user running this)")
     sp.add_argument("--all", action="store_true", help="list: lifted suppressions too")
     sp.add_argument("--json", action="store_true", help="list: one JSON array")
+
+    sp = add("serve", cmd_serve, "the unsubscribe and delivery-event web service")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8080)
 
     sp = add(
         "status", cmd_status, "campaigns, cohort sizes, last evaluation, ledger and ingest counts"

@@ -107,6 +107,11 @@ def test_send(
 
     row = dict(member_row(settings, campaign, entity))
     row.update(email=to, cc=None, bcc=None)  # a test goes to the tester only
+    from email_jobs.unsubscribe import check_unsubscribe_ready
+
+    check_unsubscribe_ready(
+        settings, settings.email_backend, [(campaign.name, campaign.unsubscribe_group_id)]
+    )
     email = render_email(replace(campaign, cc=(), bcc=()), row, settings, ledger_key="")
     backend = make_backend(settings)
     try:

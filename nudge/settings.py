@@ -124,7 +124,48 @@ class Settings(BaseSettings):
     # A send run's claim is its own for this long unless its heartbeat (every quarter of it)
     # extends it; only an expired claim counts as left by a crashed run (email_jobs.ledger).
     send_lease_seconds: float = Field(default=120.0, ge=4)
+    # Without NUDGE_SECRET_KEY and NUDGE_PUBLIC_URL (outbox only): a placeholder link for the
+    # template, as before signed links existed (email_jobs.render).
     unsubscribe_url: str = "https://example.com/unsubscribe?c={campaign}&e={entity}"
+
+    # Signed unsubscribe links and `nudge serve` (contract "After the send").
+    secret_key: SecretStr | None = None
+    public_url: str | None = None
+    sendgrid_webhook_public_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SENDGRID_WEBHOOK_PUBLIC_KEY", "sendgrid_webhook_public_key"),
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        parsed = urlparse(v.strip())
+        if (
+            parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or parsed.query
+            or parsed.fragment
+            or parsed.username
+            or parsed.password
+        ):
+            raise ValueError(
+                "write the URL recipients reach `nudge serve` at, e.g. https://nudge.example.com "
+                "(http or https, a host, optionally a path; no query or login)"
+            )
+        return v.strip().rstrip("/")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        if len(v.get_secret_value()) < 16:
+            raise ValueError(
+                "too short: use at least 16 random characters (e.g. `openssl rand -hex 32`)"
+            )
+        return v
 
     @field_validator("email_backend")
     @classmethod
@@ -165,6 +206,13 @@ class Settings(BaseSettings):
         _ = self.warehouse_url
         if self.email_backend == "smtp":
             self._check_smtp()
+        if bool(self.secret_key) != bool(self.public_url):
+            # One without the other signs no link: say so now, not at the first send.
+            missing = "NUDGE_PUBLIC_URL" if self.secret_key else "NUDGE_SECRET_KEY"
+            raise ConfigError(
+                f"{missing}: unsubscribe links need both NUDGE_SECRET_KEY and NUDGE_PUBLIC_URL; "
+                f"set {missing} too (or unset the other)"
+            )
         if self.email_backend == "sendgrid" and not self.sendgrid_api_key:
             raise ConfigError(
                 "NUDGE_EMAIL_BACKEND=sendgrid needs SENDGRID_API_KEY: create an API key with "
@@ -181,15 +229,15 @@ def load_settings(**overrides: object) -> Settings:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         env = field.upper() if field.isupper() else f"NUDGE_{field.upper()}"
-        if field in ("sendgrid_api_key",):
-            env = "SENDGRID_API_KEY"
+        if field in ("sendgrid_api_key", "sendgrid_webhook_public_key"):
+            env = field.upper()
         if field == "dagster_home":
             env = "DAGSTER_HOME"
         # One line naming the variable and its value; pydantic's "Value error, " prefix says
         # nothing to a user. Secrets are never echoed.
         msg = str(err["msg"]).removeprefix("Value error, ")
         value = err.get("input")
-        secret = field.endswith(("password", "api_key"))
+        secret = field.endswith(("password", "api_key", "secret_key"))
         shown = f"={value!r}" if isinstance(value, str) and not secret else ""
         raise ConfigError(f"{env}{shown}: {msg}") from None
 

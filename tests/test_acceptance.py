@@ -17,6 +17,7 @@ import pytest
 from support.net import free_port
 from support.scenario import SE, land_until, write_profiles
 
+from email_jobs.unsubscribe import verify_token
 from nudge.cli import main as nudge
 
 pytestmark = pytest.mark.integration
@@ -127,11 +128,27 @@ def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     controller.start()
     try:
         monkeypatch.setenv("NUDGE_EMAIL_BACKEND", "smtp")
+        monkeypatch.setenv("NUDGE_SECRET_KEY", "acceptance-secret-key-0123")
+        monkeypatch.setenv("NUDGE_PUBLIC_URL", "https://nudge.example.test")
         monkeypatch.setenv("NUDGE_SMTP_HOST", "127.0.0.1")
         monkeypatch.setenv("NUDGE_SMTP_PORT", str(controller.port))
-        messages = _run_scenario(tmp_path, monkeypatch, lambda: [raw for _, raw in received])
+        # Each recipient gets their own copy (their own unsubscribe link): one email is the
+        # copy its To receives; the CC'd engineer's copies are checked below.
+        messages = _run_scenario(
+            tmp_path, monkeypatch, lambda: [raw for rcpts, raw in received if rcpts != [SE]]
+        )
     finally:
         controller.stop()
     _check_content(messages)
-    # The CC'd solutions engineer is a real envelope recipient, not only a header.
-    assert any(set(rcpts) == {"ux.1000@acme.example", SE} for rcpts, _ in received)
+    # The CC'd solutions engineer is a real envelope recipient, not only a header: one copy of
+    # the message that CCs them, with the same Message-ID, To and Cc as the To's copy.
+    to_copy = [m for (to, cc, _, _), m in messages.items() if cc == SE]
+    se_copies = [_parse(raw)[1] for rcpts, raw in received if rcpts == [SE]]
+    assert len(se_copies) == len(to_copy) == 1
+    assert se_copies[0]["Message-ID"] == to_copy[0]["Message-ID"]
+    assert (str(se_copies[0]["To"]), str(se_copies[0]["Cc"])) == ("ux.1000@acme.example", SE)
+    # Every copy's List-Unsubscribe link unsubscribes its own envelope recipient, no one else.
+    for rcpts, raw in received:
+        link = str(_parse(raw)[1]["List-Unsubscribe"]).strip("<>")
+        target = verify_token("acceptance-secret-key-0123", link.rsplit("/u/", 1)[1])
+        assert target is not None and [target.address] == rcpts

@@ -111,7 +111,12 @@ def settings_variables() -> set[str]:
 
 def test_compose_services_start_in_order_on_a_healthy_postgres() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", *DAGSTER_SERVICES, "proxy"}
+    assert set(services) == {"postgres", *DAGSTER_SERVICES, "proxy", "serve"}
+    # `nudge serve` runs the user-code image (built by user_code) on a healthy warehouse.
+    assert services["serve"]["image"] == services["user_code"]["image"]
+    assert services["serve"]["command"][:2] == ["nudge", "serve"]
+    assert services["serve"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "/healthz" in " ".join(services["serve"]["healthcheck"]["test"])
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     for name in DAGSTER_SERVICES:
         assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name

@@ -90,6 +90,8 @@ class Chain:
             "NUDGE_WAREHOUSE": self.settings.warehouse,
             "NUDGE_EMAIL_BACKEND": "sendgrid",
             "SENDGRID_API_KEY": API_KEY,
+            "NUDGE_SECRET_KEY": "fault-injection-secret-key",
+            "NUDGE_PUBLIC_URL": "https://nudge.example.test",
             "NUDGE_SENDGRID_HOST": sg_url,
             "NUDGE_SEND_CONCURRENCY": "3",
             "NUDGE_FROM_EMAIL": "hello@acme.example",
@@ -258,6 +260,8 @@ def test_killing_a_real_nudge_run_mid_send(tmp_path: Path, capsys) -> None:
             "DAGSTER_HOME": str(tmp_path / "dagster_home"),
             "NUDGE_EMAIL_BACKEND": "sendgrid",
             "SENDGRID_API_KEY": API_KEY,
+            "NUDGE_SECRET_KEY": "fault-injection-secret-key",
+            "NUDGE_PUBLIC_URL": "https://nudge.example.test",
             "NUDGE_SENDGRID_HOST": sg.url,
         }
         sg.fail_next(Fault.server_error(503))  # and a retry on the way

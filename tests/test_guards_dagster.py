@@ -216,10 +216,14 @@ def test_nudge_release_and_test_send_through_the_cli(env, dbt_manifest, capsys, 
     with FakeSendGrid(api_key="SG.cli") as sg:
         monkeypatch.setenv("NUDGE_EMAIL_BACKEND", "sendgrid")
         monkeypatch.setenv("SENDGRID_API_KEY", "SG.cli")
+        monkeypatch.setenv("NUDGE_SECRET_KEY", "guards-secret-key-01234567")
+        monkeypatch.setenv("NUDGE_PUBLIC_URL", "https://nudge.example.test")
         monkeypatch.setenv("NUDGE_SENDGRID_HOST", sg.url)
         assert nudge(["test-send", "not_activated_7d", "--to", "qa@acme.example"]) == 0
         [body] = sg.messages
-    assert body["personalizations"] == [{"to": [{"email": "qa@acme.example"}]}]
+    [personalization] = body["personalizations"]  # the tester's copy, with the tester's link
+    assert personalization["to"] == [{"email": "qa@acme.example"}]
+    assert personalization["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert body["custom_args"]["nudge_campaign"] == "not_activated_7d"
     assert body["custom_args"]["nudge_key"] == ""  # outside the ledger
     assert f"provider id {sg.message_ids[0]}" in capsys.readouterr().out

@@ -72,6 +72,39 @@ def upstream() -> Iterator[int]:
         server.server_close()
 
 
+SERVE_PAGE = b"nudge serve stand-in"
+
+
+class ServeStandIn(BaseHTTPRequestHandler):
+    """Stands in for `nudge serve`: says which path and body size reached it."""
+
+    def _answer(self) -> None:
+        size = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(size)
+        self.send_response(200)
+        self.send_header("X-Serve-Path", self.path)
+        self.send_header("X-Upstream-Saw-Auth", str("Authorization" in self.headers))
+        self.end_headers()
+        self.wfile.write(SERVE_PAGE)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def serve_upstream() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ServeStandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def caddy_hash(caddy: str, password: str) -> str:
     """The value .env.example asks for: `caddy hash-password` output, base64-encoded."""
     out = subprocess.run(
@@ -119,8 +152,13 @@ def wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float 
     pytest.fail(f"caddy did not listen on {port}:\n{log.read_text()[-3000:]}")
 
 
-def get(port: int, auth: tuple[str, str] | None) -> tuple[int, bytes, dict[str, str]]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/")
+def get(
+    port: int,
+    auth: tuple[str, str] | None,
+    path: str = "/",
+    body: bytes | None = None,
+) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body)
     if auth:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
@@ -199,12 +237,57 @@ def test_only_the_proxy_is_published_on_every_interface() -> None:
     exposed = {
         name: published(svc.get("ports", [])) for name, svc in services.items() if svc.get("ports")
     }
-    assert set(exposed) == {"webserver", "proxy"}, exposed
+    assert set(exposed) == {"webserver", "proxy"}, exposed  # `serve` only through the proxy
     assert exposed["webserver"] == [("127.0.0.1", "3000")]
     assert {port for _, port in exposed["proxy"]} == {"80", "443"}
     # The proxy only runs when asked for, and reaches the webserver over compose's network.
     assert services["proxy"]["profiles"] == ["proxy"]
-    assert services["proxy"]["depends_on"] == {"webserver": {"condition": "service_started"}}
-    # postgres (5432) and the code server's gRPC port (4000) are published nowhere.
-    for name in ("postgres", "user_code", "daemon"):
+    assert services["proxy"]["depends_on"] == {
+        "webserver": {"condition": "service_started"},
+        "serve": {"condition": "service_started"},
+    }
+    # postgres (5432), the code server's gRPC port (4000) and serve (8080) are published nowhere.
+    for name in ("postgres", "user_code", "daemon", "serve"):
         assert "ports" not in services[name], name
+
+
+def test_only_the_public_paths_of_nudge_serve_pass_without_a_login(
+    tmp_path: Path, upstream: int, serve_upstream: int
+) -> None:
+    """Unsubscribe links and SendGrid's webhook reach `nudge serve` with no credentials (each
+    is checked by its own signature there); everything else still asks for the password."""
+    caddy = require_caddy()
+    port = free_port()
+    env = compose_env(
+        NUDGE_PROXY_SITE=f"http://127.0.0.1:{port}",
+        NUDGE_PROXY_USER="operator",
+        NUDGE_PROXY_PASSWORD_HASH=caddy_hash(caddy, "correct horse"),
+        NUDGE_PROXY_UPSTREAM=f"127.0.0.1:{upstream}",
+        NUDGE_PROXY_SERVE_UPSTREAM=f"127.0.0.1:{serve_upstream}",
+    )
+    assert proxy_service()["environment"]["NUDGE_PROXY_SERVE_UPSTREAM"] == "serve:8080"
+    proc, log = start_caddy(caddy, tmp_path, env, port)
+    try:
+        wait_listening(proc, port, log)
+        for path, body in (
+            ("/u/abc.def", None),
+            ("/u/abc.def", b"List-Unsubscribe=One-Click"),
+            ("/webhooks/sendgrid", b"[]"),
+        ):
+            status, page, headers = get(port, None, path, body)
+            assert (status, page, headers.get("X-Serve-Path")) == (200, SERVE_PAGE, path), path
+        # Not public: the UI, serve's other paths, and look-alikes of the public ones.
+        for path in ("/", "/graphql", "/healthz", "/u", "/webhooks/sendgrid/x", "/webhooks",
+                     "/u/../graphql", "/u/%2e%2e/graphql"):  # fmt: skip
+            status, page, _ = get(port, None, path)
+            assert status in (401, 404) and UPSTREAM_PAGE not in page, path
+            assert status == 404 or SERVE_PAGE not in page, path
+        status, page, _ = get(port, ("operator", "correct horse"))
+        assert status == 200 and page == UPSTREAM_PAGE
+        # The webhook's body is capped at the proxy as well (1 MB): the cap cuts the proxied
+        # body off (Caddy 2.6 then answers 502; later versions 413), serve never gets it whole.
+        status, page, _ = get(port, None, "/webhooks/sendgrid", b"[" + b" " * 1_100_000 + b"]")
+        assert status in (413, 502) and SERVE_PAGE not in page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

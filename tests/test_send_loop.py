@@ -68,6 +68,9 @@ def settings(tmp_path: Path) -> Settings:
         warehouse=f"duckdb:///{tmp_path}/wh.duckdb",
         outbox_dir=tmp_path / "outbox",
         send_concurrency=4,
+        # What smtp and sendgrid need to start (signed unsubscribe links).
+        secret_key="test-secret-key-0123456789",
+        public_url="https://nudge.example.test",
         _env_file=None,
     )
 

@@ -6,14 +6,17 @@ import hashlib
 import logging
 import re
 import unicodedata
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
+from email_jobs.backends.copies import RecipientCopy
 from email_jobs.message import OutgoingEmail
 
 log = logging.getLogger(__name__)
 
 _SPACES = re.compile(r"\s+")
+_LONG_LINES = policy.default.clone(max_line_length=998)
 
 
 def clean_header_value(value: str) -> str:
@@ -49,28 +52,35 @@ def message_id(email: OutgoingEmail) -> str:
     return f"<{digest}.nudge@{domain}>"
 
 
-def build_message(email: OutgoingEmail, *, include_bcc: bool = False) -> EmailMessage:
+def build_message(
+    email: OutgoingEmail, *, include_bcc: bool = False, copy: RecipientCopy | None = None
+) -> EmailMessage:
     """multipart/alternative (text, then HTML) with every header the email carries.
 
     The Bcc header is written only when asked (the outbox keeps it as a record); a message that
-    goes over the wire carries bcc recipients in the envelope alone.
+    goes over the wire carries bcc recipients in the envelope alone. With `copy`, the subject,
+    bodies and headers are that recipient's (email_jobs.backends.copies).
     """
-    msg = EmailMessage()
+    subject = copy.subject if copy else email.subject
+    headers = copy.headers if copy else email.headers
+    # A signed link is one long word: folded at 78 it would be RFC 2047-encoded, which
+    # List-Unsubscribe must never be (RFC 2369); 998 is RFC 5322's hard line limit.
+    msg = EmailMessage(policy=_LONG_LINES) if copy else EmailMessage()
     set_header(msg, "From", email.from_addr)
     set_header(msg, "To", ", ".join(email.to))
     if email.cc:
         set_header(msg, "Cc", ", ".join(email.cc))
     if include_bcc and email.bcc:
         set_header(msg, "Bcc", ", ".join(email.bcc))
-    set_header(msg, "Subject", email.subject)
+    set_header(msg, "Subject", subject)
     set_header(msg, "Date", formatdate(usegmt=True))
     set_header(msg, "Message-ID", message_id(email))
-    for name, value in email.headers.items():
+    for name, value in headers.items():
         if name.lower() in ("from", "to", "cc", "bcc", "subject", "date", "message-id"):
             continue  # never let a custom header override the envelope-relevant ones
         set_header(msg, clean_header_value(name), value)
-    msg.set_content(email.text)
-    msg.add_alternative(email.html, subtype="html")
+    msg.set_content(copy.text if copy else email.text)
+    msg.add_alternative(copy.html if copy else email.html, subtype="html")
     return msg
 
 

@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from email_jobs.backends.copies import recipient_copies
 from email_jobs.backends.mime import build_message
 from email_jobs.message import DeliveryResult, OutgoingEmail
 
@@ -40,12 +41,38 @@ class OutboxBackend:
         self.outbox_dir = Path(outbox_dir)
 
     def send(self, email: OutgoingEmail) -> DeliveryResult:
+        copies = recipient_copies(email)
         try:
-            msg = build_message(email, include_bcc=True)
-            data = msg.as_bytes()
+            if not copies:
+                msgs = [
+                    (
+                        self.outbox_dir / outbox_filename(email),
+                        build_message(email, include_bcc=True),
+                    )
+                ]
+            else:
+                # One file per recipient's copy (its own unsubscribe link); the first, the main
+                # To's, keeps the message's usual name.
+                name = outbox_filename(email)
+                msgs = [
+                    (
+                        self.outbox_dir
+                        / (name if i == 0 else name.replace(".eml", f"-{i + 1}.eml")),
+                        build_message(email, include_bcc=True, copy=copy),
+                    )
+                    for i, copy in enumerate(copies)
+                ]
+            files = [(path, msg.as_bytes()) for path, msg in msgs]
         except (ValueError, TypeError, UnicodeError) as exc:
             return DeliveryResult(status="failed", error=f"cannot build the message: {exc}")
-        path = self.outbox_dir / outbox_filename(email)
+        for path, data in files:
+            result = self._write(path, data)
+            if result is not None:
+                return result
+        return DeliveryResult(status="sent", provider_message_id=msgs[0][1]["Message-ID"])
+
+    def _write(self, path: Path, data: bytes) -> DeliveryResult | None:
+        """Write one file atomically; None when written, else the failure."""
         try:
             self.outbox_dir.mkdir(parents=True, exist_ok=True)
             # tmp file in the same folder + rename: a reader never sees half a message.
@@ -62,7 +89,7 @@ class OutboxBackend:
         except OSError as exc:  # disk full and the like: may pass
             return DeliveryResult(status="retryable", error=f"cannot write {path}: {exc}")
         log.debug("wrote %s", path)
-        return DeliveryResult(status="sent", provider_message_id=msg["Message-ID"])
+        return None
 
     def close(self) -> None:
         pass

@@ -18,6 +18,7 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
+from email_jobs.backends.copies import LIST_UNSUBSCRIBE, LIST_UNSUBSCRIBE_POST, recipient_copies
 from email_jobs.backends.mime import clean_header_value
 from email_jobs.message import CredentialError, DeliveryResult, OutgoingEmail
 from nudge.settings import ConfigError, Settings
@@ -69,8 +70,25 @@ def mail_send_payload(email: OutgoingEmail, *, sandbox: bool = False) -> dict[st
         personalization["cc"] = cc
     if bcc := unique(email.bcc):
         personalization["bcc"] = bcc
+    personalizations = [personalization]
+    if copies := recipient_copies(email):
+        # One personalization per recipient: SendGrid puts their own link in the bodies (a
+        # substitution of the placeholder) and their own List-Unsubscribe headers on the copy.
+        link_names = {LIST_UNSUBSCRIBE.lower(), LIST_UNSUBSCRIBE_POST.lower()}
+        personalizations = []
+        for copy in copies:
+            own: dict[str, Any] = {"to": [{"email": copy.address}]}
+            if email.unsubscribe_placeholder:
+                own["substitutions"] = {email.unsubscribe_placeholder: copy.link}
+            if email.unsubscribe_group_id is None:  # else SendGrid writes the group's own
+                own["headers"] = {
+                    k: clean_header_value(v)
+                    for k, v in copy.headers.items()
+                    if k.lower() in link_names
+                }
+            personalizations.append(own)
     payload: dict[str, Any] = {
-        "personalizations": [personalization],
+        "personalizations": personalizations,
         "from": _address(email.from_addr),
         "subject": clean_header_value(email.subject),
         "content": [
@@ -91,7 +109,11 @@ def mail_send_payload(email: OutgoingEmail, *, sandbox: bool = False) -> dict[st
     if email.unsubscribe_group_id is not None:
         payload["asm"] = {"group_id": int(email.unsubscribe_group_id)}
         # SendGrid writes List-Unsubscribe for the group; two would confuse mailbox providers.
-        headers = {k: v for k, v in headers.items() if k.lower() != "list-unsubscribe"}
+        headers = {
+            k: v
+            for k, v in headers.items()
+            if k.lower() not in ("list-unsubscribe", "list-unsubscribe-post")
+        }
     if headers:
         payload["headers"] = headers
     if email.categories:

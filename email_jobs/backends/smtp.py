@@ -17,6 +17,7 @@ import queue
 import smtplib
 import ssl
 
+from email_jobs.backends.copies import RecipientCopy, recipient_copies
 from email_jobs.backends.mime import all_recipients, build_message, envelope_sender
 from email_jobs.message import CredentialError, DeliveryResult, OutgoingEmail
 from nudge.settings import ConfigError, Settings
@@ -141,11 +142,37 @@ class SmtpBackend:
             _quietly_close(conn)
 
     def send(self, email: OutgoingEmail) -> DeliveryResult:
+        copies = recipient_copies(email)
+        if not copies:
+            return self._send_one(email, None)
+        # One transaction per recipient's copy (its own unsubscribe link). Once a copy went out,
+        # a later one failing cannot make the row retryable: a retry would mail that one again.
+        sent: DeliveryResult | None = None
+        problems: list[str] = []
+        for copy in copies:
+            result = self._send_one(email, copy)
+            if result.status == "sent":
+                sent = sent or result
+            elif sent is None and result.status in ("credential", "retryable"):
+                return result  # nothing went out yet: the whole message may be tried again
+            if result.error:
+                problems.append(f"{copy.address}: {result.error}")
+        if sent is None:
+            return DeliveryResult(status="failed", error="; ".join(problems))
+        if problems:
+            log.warning("%s/%s: some copies failed: %s", email.campaign, email.entity_id, problems)
+        return DeliveryResult(
+            status="sent",
+            provider_message_id=sent.provider_message_id,
+            error="; ".join(problems) or None,
+        )
+
+    def _send_one(self, email: OutgoingEmail, copy: RecipientCopy | None) -> DeliveryResult:
         try:
-            msg = build_message(email)
+            msg = build_message(email, copy=copy)
         except (ValueError, TypeError, UnicodeError) as exc:
             return DeliveryResult(status="failed", error=f"cannot build the message: {exc}")
-        recipients = all_recipients(email)
+        recipients = [copy.address] if copy else all_recipients(email)
         conn: smtplib.SMTP | None = None
         keep = False
         try:
@@ -183,7 +210,7 @@ class SmtpBackend:
                     _quietly_close(conn)
         if refused:
             detail = _refused_text(refused)
-            if all(address in refused for address in email.to):
+            if all(address in refused for address in email.to if address in recipients):
                 # Others (cc) got it already: a retry would send them a second copy.
                 return DeliveryResult(status="failed", error=f"recipient refused: {detail}")
             log.warning(

@@ -201,6 +201,25 @@ def validate_mail_send(body: Any) -> tuple[str, str | None] | None:
             return f"The header {name!r} is reserved and may not be set.", f"headers.{name}"
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             return "Header values must be strings without line breaks.", f"headers.{name}"
+    if len(perso) > 1000:
+        return "The personalizations field may hold at most 1000 objects.", "personalizations"
+    for i, p in enumerate(perso):
+        for name, value in (p.get("headers") or {}).items():
+            if name.lower() in RESERVED_HEADERS:
+                return f"The header {name!r} is reserved and may not be set.", (
+                    f"personalizations.{i}.headers.{name}"
+                )
+            if not isinstance(value, str) or "\r" in value or "\n" in value:
+                return "Header values must be strings without line breaks.", (
+                    f"personalizations.{i}.headers.{name}"
+                )
+        subs = p.get("substitutions") or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in subs.items()):
+            return "Substitutions must be strings.", f"personalizations.{i}.substitutions"
+        if len(json.dumps(subs)) > 10_000:  # SendGrid's limit per personalization
+            return "Substitutions may total at most 10000 bytes.", (
+                f"personalizations.{i}.substitutions"
+            )
     asm = body.get("asm")
     if asm is not None and not (isinstance(asm, dict) and isinstance(asm.get("group_id"), int)):
         return "The asm group_id must be an integer.", "asm.group_id"

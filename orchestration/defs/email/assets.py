@@ -14,6 +14,7 @@ from email_jobs.evaluate import (
     compute_guard_inputs,
     evaluate_campaign,
 )
+from email_jobs.event_spool import load_spool
 from email_jobs.send import send_campaign
 from email_jobs.suppressions import sync_suppressions
 from email_jobs.template_columns import check_built_columns
@@ -140,6 +141,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                 raise dg.Failure(
                     description=f"Evaluation at {end:%Y-%m-%d %H:%M}Z deferred: {deferred}"
                 )
+            load_spool(wh, settings)  # what `nudge serve` spooled (DuckDB) counts here
             suppressions = sync_suppressions(wh, settings)
             refused: list[str] = []
             for c in selected:
