@@ -27,9 +27,9 @@ from pathlib import Path
 
 import duckdb
 
+from nudge.core.settings import load_settings
+from nudge.core.warehouse import connect
 from nudge.ingest import ingest_pending
-from nudge.settings import load_settings
-from nudge.warehouse import connect
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples" / "real_events.jsonl"
 COLUMNS = (

@@ -114,7 +114,7 @@ class Deployment:
         }
 
     def run(self, as_of: date) -> Measured:
-        cmd = [sys.executable, "-m", "nudge.cli", "run", "--as-of", as_of.isoformat()]
+        cmd = [sys.executable, "-m", "nudge.app.cli", "run", "--as-of", as_of.isoformat()]
         m = measure(cmd, self.env())
         if not m.ok:
             raise SystemExit(f"nudge run --as-of {as_of} failed:\n{m.error}")

@@ -38,8 +38,8 @@ from email_jobs.ledger import (
 )
 from email_jobs.render import render_email
 from email_jobs.send import send_campaign
-from nudge.settings import Settings
-from nudge.warehouse import connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import connect
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "SG.benchmark"

@@ -33,7 +33,7 @@ def _duckdb(path: str, memory_limit: str) -> Any:
 
 
 def generate(args: dict[str, Any]) -> dict[str, Any]:
-    from nudge.generate import generate as gen
+    from synthetic.generate import generate as gen
 
     report = gen(
         Path(args["out"]),
@@ -63,9 +63,9 @@ def bare(args: dict[str, Any]) -> dict[str, Any]:
 
 def ingest(args: dict[str, Any]) -> dict[str, Any]:
     """`ingest_pending` (quarantine, hashing, dedup) of the landing folder into a new warehouse."""
+    from nudge.core.settings import load_settings
+    from nudge.core.warehouse import connect
     from nudge.ingest import ingest_pending
-    from nudge.settings import load_settings
-    from nudge.warehouse import connect
 
     Path(args["db"]).unlink(missing_ok=True)
     settings = load_settings(

@@ -383,6 +383,6 @@ def apply_switches(campaigns: list[Campaign], enable: Iterable[str]) -> list[Cam
 def enabled_campaigns() -> list[str]:
     """The campaign names in NUDGE_ENABLED_CAMPAIGNS (comma-separated; the environment, else
     `.env`)."""
-    from nudge.settings import enabled_campaigns_setting
+    from nudge.core.settings import enabled_campaigns_setting
 
     return [n for n in enabled_campaigns_setting().split(",") if n.strip()]

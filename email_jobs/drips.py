@@ -32,7 +32,7 @@ from email_jobs.decisions import decide_step, due_step
 from email_jobs.guards import GuardInputs
 from email_jobs.ledger import NewEntry, entry_row, ledger_key
 from email_jobs.recipients import message_recipients
-from nudge.warehouse import Warehouse
+from nudge.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from email_jobs.store import ensure_schema, utcnow
 from email_jobs.suppressions import Suppression, store_suppressions, suppression_address
 from email_jobs.unsubscribe import UnsubscribeTarget
-from nudge.warehouse import Warehouse
+from nudge.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

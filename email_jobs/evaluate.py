@@ -46,8 +46,8 @@ from email_jobs.ledger import (
 )
 from email_jobs.membership import read_cohort
 from email_jobs.recipients import add_contacts, message_recipients
-from nudge.asof import to_iso
-from nudge.warehouse import Warehouse
+from nudge.core.instant import to_iso
+from nudge.core.warehouse import Warehouse
 
 __all__ = [
     "EvaluationDeferred",

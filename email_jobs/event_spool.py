@@ -26,8 +26,8 @@ from typing import Any
 
 from email_jobs.email_events import event_from_record, store_events, store_unsubscribes
 from email_jobs.unsubscribe import UnsubscribeTarget
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

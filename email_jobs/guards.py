@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from nudge.asof import to_iso
-from nudge.warehouse import Warehouse
+from nudge.core.instant import to_iso
+from nudge.core.warehouse import Warehouse
 
 if TYPE_CHECKING:
-    from nudge.settings import Settings
+    from nudge.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

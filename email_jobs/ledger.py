@@ -54,8 +54,8 @@ from email_jobs.store import (
     state_counts,
     suppressed_emails,
 )
-from nudge.asof import to_iso
-from nudge.warehouse import Warehouse
+from nudge.core.instant import to_iso
+from nudge.core.warehouse import Warehouse
 
 # Re-exported: the rows the ledger moves, and the store functions its callers read it with.
 __all__ = [

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from email_jobs.campaigns import Campaign, CampaignError
-from nudge.warehouse import Warehouse
+from nudge.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

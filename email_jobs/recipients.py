@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from email_jobs.addresses import normalize_address, split_addresses
 from email_jobs.campaigns import Campaign
-from nudge.warehouse import Warehouse
+from nudge.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

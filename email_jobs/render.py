@@ -37,7 +37,7 @@ from email_jobs.css_precompile import PRECOMPILED
 from email_jobs.message import OutgoingEmail
 from email_jobs.recipients import Recipients, drop_suppressed, message_recipients
 from email_jobs.unsubscribe import link_for, signed_links
-from nudge.settings import Settings
+from nudge.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

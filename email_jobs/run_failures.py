@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from nudge.warehouse import Warehouse
+from nudge.core.warehouse import Warehouse
 
 DDL = (
     "create schema if not exists nudge",

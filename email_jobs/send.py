@@ -73,8 +73,8 @@ from email_jobs.ledger import (
 from email_jobs.message import Backend, CredentialError, DeliveryResult, OutgoingEmail
 from email_jobs.store import latest_evaluation
 from email_jobs.unsubscribe import check_unsubscribe_ready
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,7 @@ settings, campaigns (from the dbt manifest) and backend, and prints one JSON lin
 (the SendReport). It exists for the fault-injection tests, which kill hundreds of send runs
 (`NUDGE_FAULT_KILL_AT`, see email_jobs.faults) and cannot afford a Dagster run each, and for
 operators who want to drain the ledger by hand.
-
-    python -m email_jobs.send_worker --serve
-
-reads one JSON object a line, `{"argv": [...], "env": {...}, "kill_at": "POINT:N"}`, forks a
-child that runs the worker with that environment and kill point (email_jobs.faults), and answers
-`{"returncode": N}` (-9 for a SIGKILL). The fork skips the interpreter start and imports, which
-are most of a short run's cost; the child is a real process, killed for real.
+The tests' fork server that runs it hundreds of times is tests/support/send_fork_server.py.
 """
 
 from __future__ import annotations
@@ -21,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import traceback
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,10 +25,10 @@ from email_jobs.campaigns import Campaign
 from email_jobs.message import CredentialError
 from email_jobs.send import send_campaign
 from email_jobs.template_columns import load_campaigns
-from nudge.asof import parse_as_of
-from nudge.manifest import MANIFEST
-from nudge.settings import ConfigError, load_settings
-from nudge.warehouse import connect
+from nudge.core.dbt_project import MANIFEST
+from nudge.core.instant import parse_as_of
+from nudge.core.settings import ConfigError, load_settings
+from nudge.core.warehouse import connect
 
 log = logging.getLogger(__name__)
 
@@ -54,32 +46,6 @@ def manifest_campaigns(names: Sequence[str] = (), manifest: Path = MANIFEST) -> 
             f"unknown campaign(s) {', '.join(missing)}; campaigns: {', '.join(sorted(known))}"
         )
     return [known[n] for n in names]
-
-
-def serve() -> int:
-    """The fork server of the fault-injection tests (see the module docstring)."""
-    from email_jobs import faults
-
-    for line in sys.stdin:
-        command = json.loads(line)
-        pid = os.fork()
-        if pid == 0:  # the child: its output must not mix with the answers
-            code = 1
-            try:
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, sys.stdout.fileno())
-                os.environ.update(command.get("env") or {})
-                faults.arm(command.get("kill_at"))
-                code = main(command.get("argv") or [])
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        print(json.dumps({"returncode": code}), flush=True)  # noqa: T201 - the protocol
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,4 +87,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main())
+    sys.exit(main())

@@ -16,8 +16,8 @@ from typing import Any
 
 from email_jobs.campaigns import Campaign
 from email_jobs.ledger import State
-from nudge.asof import to_iso
-from nudge.warehouse import Warehouse
+from nudge.core.instant import to_iso
+from nudge.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from email_jobs.faults import fault_point
-from nudge.warehouse import Warehouse
+from nudge.core.warehouse import Warehouse
 
 SCHEMA = "nudge"
 

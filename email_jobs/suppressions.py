@@ -44,8 +44,8 @@ from typing import Any
 
 from email_jobs.addresses import normalize_address
 from email_jobs.store import ACTIVE_SUPPRESSION, ensure_schema, utcnow
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from email_jobs import render
 from email_jobs.campaigns import REQUIRED_COLUMNS, Campaign, CampaignError, read_campaigns
-from nudge.warehouse import Warehouse
+from nudge.core.warehouse import Warehouse
 
 
 def load_campaigns(

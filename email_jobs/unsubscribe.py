@@ -24,7 +24,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from nudge.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings
 
 VERSION = 1
 _DOMAIN = b"nudge-unsubscribe\x00"

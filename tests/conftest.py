@@ -16,7 +16,7 @@ PG_HOST, PG_PORT = "127.0.0.1", 5432
 def pytest_configure(config: pytest.Config) -> None:
     # As `nudge` does: under `make test &` SIGINT starts ignored, and Dagster's in-process runs
     # would then leave SIGTERM ignored in every server the tests start and stop.
-    from nudge.cli import keep_sigterm_effective
+    from nudge.app.cli import keep_sigterm_effective
 
     keep_sigterm_effective()
 
@@ -68,6 +68,6 @@ def fresh_postgres_database() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def dbt_manifest() -> None:
     """The dbt manifest the code location loads, parsed if the project changed."""
-    from nudge.manifest import ensure_manifest
+    from nudge.core.dbt_project import ensure_manifest
 
     ensure_manifest()

@@ -18,7 +18,7 @@ from support.net import free_port
 from support.scenario import SE, land_until, write_profiles
 
 from email_jobs.unsubscribe import verify_token
-from nudge.cli import main as nudge
+from nudge.app.cli import main as nudge
 
 pytestmark = pytest.mark.integration
 

@@ -264,7 +264,7 @@ class Copy:
 
     def nudge(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "nudge.cli", *args],
+            [sys.executable, "-m", "nudge.app.cli", *args],
             cwd=self.root,
             env=self.env,
             capture_output=True,

@@ -14,8 +14,8 @@ import pytest
 from email_jobs.campaigns import CampaignError, Step
 from email_jobs.render import TEMPLATES_DIR, render_email, render_parts
 from email_jobs.template_columns import load_campaigns
-from nudge.manifest import MANIFEST
-from nudge.settings import Settings
+from nudge.core.dbt_project import MANIFEST
+from nudge.core.settings import Settings
 
 WHERE = "model 'cohort_a' (models/cohorts/cohorts.yml)"
 

@@ -23,7 +23,7 @@ from email_jobs.backends.outbox import OutboxBackend
 from email_jobs.backends.sendgrid import SendGridBackend, mail_send_payload
 from email_jobs.backends.smtp import SmtpBackend
 from email_jobs.message import CredentialError, OutgoingEmail
-from nudge.settings import Settings
+from nudge.core.settings import Settings
 
 try:
     from tests.support.fake_sendgrid import FakeSendGrid, Fault

@@ -10,8 +10,8 @@ import dagster as dg
 from test_guards_dagster import CAMPAIGN, env, evaluate, outbox_entities, send, states  # noqa: F401
 
 from email_jobs.status import collect_status
-from nudge.settings import Settings
-from nudge.warehouse import connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import connect
 from orchestration.defs.email.assets import build_evaluations, build_sends
 
 OFF = replace(CAMPAIGN, enabled=False)

@@ -10,8 +10,8 @@ import pytest
 
 from email_jobs.campaigns import CampaignError
 from email_jobs.template_columns import check_built_columns, load_campaigns
-from nudge.settings import Settings
-from nudge.warehouse import connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import connect
 
 
 @pytest.fixture

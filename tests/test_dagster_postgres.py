@@ -19,8 +19,8 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from support.scenario import land_until, write_profiles
 from test_acceptance import EXPECTED
 
-from nudge.asof import parse_as_of, to_iso
-from nudge.cli import main as nudge
+from nudge.app.cli import main as nudge
+from nudge.core.instant import parse_as_of, to_iso
 
 pytestmark = pytest.mark.postgres
 

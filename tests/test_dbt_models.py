@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from dbt.cli.main import dbtRunner, dbtRunnerResult
 
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest.schema import DDL
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse, connect
 
 DBT_PROJECT = Path(__file__).resolve().parents[1] / "dbt_project"
 END = "2026-01-08T12:00:00Z"  # not a midnight: the windows have partial edge days

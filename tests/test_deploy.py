@@ -29,7 +29,7 @@ import yaml
 from conftest import PG_HOST, PG_PORT, require_postgres
 from support.net import free_port
 
-from nudge.settings import Settings
+from nudge.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -423,8 +423,8 @@ def test_init_script_creates_a_role_for_dagster_and_one_for_the_warehouse(
     from dagster_postgres import PostgresRunStorage
 
     from email_jobs.ledger import ensure_schema
-    from nudge.settings import load_settings
-    from nudge.warehouse import connect
+    from nudge.core.settings import load_settings
+    from nudge.core.warehouse import connect
 
     with deployment_roles() as roles:
         dagster_user, warehouse_user = (

@@ -24,9 +24,9 @@ from email_jobs.drips import step_campaign
 from email_jobs.evaluate import evaluate_campaign
 from email_jobs.guards import GuardLimits
 from email_jobs.send import send_campaign
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest.schema import DDL as RAW_DDL
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse, connect
 
 D0 = datetime(2026, 3, 1)
 DRIP = Campaign(

@@ -22,9 +22,9 @@ from email_jobs.ledger import (
     state_counts,
 )
 from email_jobs.status import collect_status
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest.schema import DDL as RAW_DDL
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse, connect
 
 D0 = datetime(2026, 1, 1)
 EVENTS_FROM, EVENTS_TO = datetime(2025, 11, 1), datetime(2026, 4, 1)

@@ -20,14 +20,14 @@ from test_dagster_postgres import use_docker_instance
 from test_guards_dagster import CAMPAIGN, D0, env  # noqa: F401 - `env` is a fixture
 from test_guards_dagster import evaluate as evaluate_at
 
-from nudge.cli import main as nudge
-from nudge.evaluation_lock import evaluation_lock, record_builds
-from nudge.generate import generate
-from nudge.settings import Settings, load_settings
-from nudge.warehouse import connect
+from nudge.app.cli import main as nudge
+from nudge.core.evaluation_lock import evaluation_lock, record_builds
+from nudge.core.settings import Settings, load_settings
+from nudge.core.warehouse import connect
 from orchestration.defs.email.assets import build_evaluations
 from orchestration.defs.shared.resources import NudgeResource, evaluation_lock_resource
 from orchestration.defs.shared.tags import AS_OF_TAG
+from synthetic.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_concurrent_evaluations_of_different_days_record_what_one_by_one_records
     # All at once, as separate processes: each builds its cohorts and evaluates them.
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "nudge.cli", "run", "--as-of", d.isoformat()],
+            [sys.executable, "-m", "nudge.app.cli", "run", "--as-of", d.isoformat()],
             cwd=REPO,
             env=dict(os.environ),
             stdout=subprocess.PIPE,
@@ -119,8 +119,8 @@ def test_an_evaluation_refuses_a_cohort_built_for_another_instant(env: Settings)
 def test_the_evaluation_lock_excludes_a_second_holder(env: Settings) -> None:  # noqa: F811
     # Another process holds the lock: this one waits, then gives up after its wait.
     code = (
-        "import sys; from nudge.settings import load_settings; "
-        "from nudge.evaluation_lock import evaluation_lock\n"
+        "import sys; from nudge.core.settings import load_settings; "
+        "from nudge.core.evaluation_lock import evaluation_lock\n"
         "with evaluation_lock(load_settings()):\n"
         "    print('held', flush=True); sys.stdin.readline()"
     )

@@ -3,7 +3,7 @@ again, and check the promise: no entry was accepted twice by the (fake) SendGrid
 entry ends sent, skipped, failed, held or unknown, and the unknown ones are reported.
 
 The bulk runs the send code of `nudge run` without a Dagster run each: processes forked by
-`python -m email_jobs.send_worker --serve` (no interpreter start per kill), each killed for real;
+`python -m tests.support.send_fork_server` (no interpreter start per kill), each killed for real;
 a few kills go through a real `nudge run`. Kill points come from the test hook
 NUDGE_FAULT_KILL_AT=POINT:N (email_jobs/faults.py). SendGrid accepts are counted from the file
 the fake server records them to.
@@ -30,8 +30,8 @@ from email_jobs.ledger import NewEntry, State, ensure_schema, insert_entries, le
 from email_jobs.ledger import payload_json as to_json
 from email_jobs.status import collect_status
 from email_jobs.template_columns import load_campaigns
-from nudge.settings import Settings
-from nudge.warehouse import connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import connect
 
 pytestmark = pytest.mark.integration
 
@@ -142,12 +142,12 @@ class Chain:
 
 
 class Server:
-    """`python -m email_jobs.send_worker --serve`: forks a real child process per send run."""
+    """`python -m tests.support.send_fork_server`: forks a real child process per send run."""
 
     def __init__(self, log: Path) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "email_jobs.send_worker", "--serve"],
+            [sys.executable, "-m", "tests.support.send_fork_server"],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"),
         )  # fmt: skip
@@ -270,7 +270,7 @@ def test_killing_a_real_nudge_run_mid_send(tmp_path: Path, capsys) -> None:
             land_until(landing, datetime.fromisoformat(day).date())
             run_env = dict(env, **({"NUDGE_FAULT_KILL_AT": kill_at} if kill_at else {}))
             proc = subprocess.run(
-                [sys.executable, "-m", "nudge.cli", "run", "--as-of", day],
+                [sys.executable, "-m", "nudge.app.cli", "run", "--as-of", day],
                 cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300, check=False,
             )  # fmt: skip
             if kill_at:
@@ -286,7 +286,7 @@ def test_killing_a_real_nudge_run_mid_send(tmp_path: Path, capsys) -> None:
         nudge_run("2026-03-12", None)
 
         status_proc = subprocess.run(
-            [sys.executable, "-m", "nudge.cli", "status", "--json"],
+            [sys.executable, "-m", "nudge.app.cli", "status", "--json"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=True,
         )  # fmt: skip
     status = json.loads(status_proc.stdout)

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from nudge.generate import GenerateReport, default_start, generate
+from synthetic.generate import GenerateReport, default_start, generate
 
 SMALL = {
     "users": 40,

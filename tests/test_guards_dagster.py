@@ -17,9 +17,9 @@ from test_evaluate import seed_events
 from email_jobs.campaigns import Campaign
 from email_jobs.ledger import ensure_schema
 from email_jobs.send import release
-from nudge.evaluation_lock import record_builds
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse, connect
+from nudge.core.evaluation_lock import record_builds
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse, connect
 from orchestration.defs.email.assets import build_evaluations, build_sends
 from orchestration.defs.shared.resources import NudgeResource, evaluation_lock_resource
 from orchestration.defs.shared.tags import AS_OF_TAG, INGEST_RUNS_TAG
@@ -188,7 +188,7 @@ def test_unknown_sends_fail_the_sends_check(env):
 def test_nudge_release_and_test_send_through_the_cli(env, dbt_manifest, capsys, monkeypatch):
     from support.fake_sendgrid import FakeSendGrid
 
-    from nudge.cli import main as nudge
+    from nudge.app.cli import main as nudge
 
     limited = replace(CAMPAIGN, max_sends_per_evaluation=1)
     evaluate(env, 0, [], limited)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support.net import free_port
 
-from nudge.cli import main as nudge
+from nudge.app.cli import main as nudge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_as_a_command_the_exit_status_is_non_zero_and_stderr_is_one_line(env: Pa
     run_env = {**os.environ, "NUDGE_EMAIL_BACKEND": "sendgrid", "PYTHONPATH": str(REPO)}
     run_env.pop("SENDGRID_API_KEY", None)
     done = subprocess.run(
-        [sys.executable, "-m", "nudge.cli", "run"],
+        [sys.executable, "-m", "nudge.app.cli", "run"],
         env=run_env,
         cwd=env,
         check=False,

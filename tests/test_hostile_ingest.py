@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from nudge.core.settings import load_settings
+from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest import IngestReport, file_scan, ingest_pending, landing
-from nudge.settings import load_settings
-from nudge.warehouse import Warehouse, connect
 
 SAMPLES = Path("/work/shared/samples")
 if not SAMPLES.exists():

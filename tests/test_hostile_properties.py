@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from email_jobs.campaigns import Campaign
 from email_jobs.decisions import diff_members
 from email_jobs.evaluate import GuardInputs, GuardLimits, evaluate_campaign
-from nudge.settings import WarehouseUrl
-from nudge.warehouse import Warehouse
+from nudge.core.settings import WarehouseUrl
+from nudge.core.warehouse import Warehouse
 
 D0 = datetime(2026, 1, 1)
 ENTITIES = ("a", "b", "c", "d", "e")

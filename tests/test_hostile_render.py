@@ -8,7 +8,7 @@ import pytest
 
 from email_jobs.campaigns import Campaign
 from email_jobs.render import render_email
-from nudge.settings import Settings
+from nudge.core.settings import Settings
 
 CAMPAIGN = Campaign(
     name="too_many_4xx_7d",

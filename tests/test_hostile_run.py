@@ -36,10 +36,10 @@ import dagster as dg
 import pytest
 from support.scenario import background, burst, event, minute, user, write_jsonl
 
-from nudge.cli import main as nudge
+from nudge.app.cli import main as nudge
+from nudge.core.settings import load_settings
+from nudge.core.warehouse import connect
 from nudge.ingest import file_scan
-from nudge.settings import load_settings
-from nudge.warehouse import connect
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from nudge.generate import generate
+from nudge.core.settings import load_settings
+from nudge.core.warehouse import connect
 from nudge.ingest import ingest_pending
-from nudge.settings import load_settings
-from nudge.warehouse import connect
+from synthetic.generate import generate
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from nudge.core.settings import load_settings
+from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest import IngestReport, ingest_pending
 from nudge.ingest import landing as ingest_landing
 from nudge.ingest import loading as ingest_loading
-from nudge.settings import load_settings
-from nudge.warehouse import Warehouse, connect
 
 SAMPLES = Path("/work/shared/samples")
 if not SAMPLES.exists():

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from nudge.core.settings import load_settings
+from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest import IngestReport, ingest_pending, read_together
 from nudge.ingest import loading as ingest_loading
-from nudge.settings import load_settings
-from nudge.warehouse import Warehouse, connect
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -372,8 +372,8 @@ def test_a_killed_batch_ingest_leaves_nothing_of_the_batch_and_the_rerun_equals_
         import os, signal
         from pathlib import Path
         from nudge.ingest import loading, ingest_pending
-        from nudge.settings import load_settings
-        from nudge.warehouse import connect
+        from nudge.core.settings import load_settings
+        from nudge.core.warehouse import connect
 
         real = loading.Loader._record_files
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from nudge.core.settings import load_settings
+from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest import ingest_pending
-from nudge.settings import load_settings
-from nudge.warehouse import Warehouse, connect
 
 pytestmark = pytest.mark.postgres
 

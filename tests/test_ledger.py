@@ -27,8 +27,8 @@ from email_jobs.ledger import (
     release_rows,
     state_counts,
 )
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse, connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse, connect
 
 T0 = datetime(2026, 1, 10)
 

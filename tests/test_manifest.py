@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nudge.manifest import manifest_is_stale
+from nudge.core.dbt_project import manifest_is_stale
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 from support.scenario import land_until, write_profiles
 
-from nudge.asof import day_partition
+from nudge.core.instant import day_partition
 from nudge.ingest.watch import changes_since, event_file_versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,8 +56,8 @@ def test_an_instant_belongs_to_the_day_it_closes() -> None:
 
 
 def test_dbt_builds_once_at_the_instant_without_unit_tests() -> None:
-    from nudge.manifest import dbt_invocation_env
-    from nudge.settings import load_settings
+    from nudge.core.dbt_project import dbt_invocation_env
+    from nudge.core.settings import load_settings
     from orchestration.defs.transform.assets import dbt_build_args
 
     args = dbt_build_args()
@@ -71,7 +71,7 @@ def test_dbt_builds_once_at_the_instant_without_unit_tests() -> None:
 
 
 def test_other_dbt_vars_go_as_vars() -> None:
-    from nudge.manifest import dbt_vars
+    from nudge.core.dbt_project import dbt_vars
 
     assert dbt_vars() == []
     shadow = json.loads(dbt_vars(nudge_shadow_model="cohort_x")[1])
@@ -79,7 +79,7 @@ def test_other_dbt_vars_go_as_vars() -> None:
 
 
 def test_a_runs_instant_is_its_tag_else_the_end_of_its_day_partition() -> None:
-    from nudge.asof import AS_OF_TAG, instant_of, instant_tags
+    from nudge.core.instant import AS_OF_TAG, instant_of, instant_tags
 
     assert instant_of({}, "2026-03-11") == datetime(2026, 3, 12)
     tagged = instant_tags(datetime(2026, 3, 11, 6))
@@ -137,10 +137,10 @@ def test_daily_schedule_evaluates_the_day_that_just_ended(dbt_manifest) -> None:
 def test_backfill_of_past_days_reingests_and_reevaluates_without_sending(
     env: Path, tmp_path: Path, dbt_manifest
 ) -> None:
-    from nudge.cli import main as nudge
-    from nudge.runner import execute
-    from nudge.settings import load_settings
-    from nudge.warehouse import connect
+    from nudge.app.cli import main as nudge
+    from nudge.app.runner import execute
+    from nudge.core.settings import load_settings
+    from nudge.core.warehouse import connect
 
     for day in ("2026-03-10", "2026-03-11", "2026-03-12"):
         land_until(env, date.fromisoformat(day))
@@ -196,7 +196,7 @@ def test_backfill_of_past_days_reingests_and_reevaluates_without_sending(
 @pytest.mark.integration
 def test_two_runs_started_together_on_duckdb_both_succeed(env: Path, tmp_path: Path) -> None:
     land_until(env, date(2026, 3, 11))
-    nudge = [sys.executable, "-m", "nudge.cli", "run", "--as-of"]
+    nudge = [sys.executable, "-m", "nudge.app.cli", "run", "--as-of"]
     procs = [
         subprocess.Popen(
             [*nudge, day],
@@ -211,8 +211,8 @@ def test_two_runs_started_together_on_duckdb_both_succeed(env: Path, tmp_path: P
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    from nudge.settings import load_settings
-    from nudge.warehouse import connect
+    from nudge.core.settings import load_settings
+    from nudge.core.warehouse import connect
 
     with connect(load_settings()) as wh:
         instants = {r[0] for r in wh.fetchall("select distinct as_of from nudge.evaluations")}
@@ -223,8 +223,8 @@ def test_two_runs_started_together_on_duckdb_both_succeed(env: Path, tmp_path: P
 def test_a_failed_run_is_recorded_where_nudge_status_shows_it(
     env: Path, dbt_manifest, capsys
 ) -> None:
-    from nudge.cli import main as nudge
-    from nudge.runner import execute
+    from nudge.app.cli import main as nudge
+    from nudge.app.runner import execute
     from orchestration.defs.email.sensors import record_run_failures
 
     # No events at all before the instant: the freshness guard defers, and the run fails.
@@ -257,8 +257,8 @@ def test_a_daemon_launched_run_materializes_every_model_and_its_sends_carry_its_
     """A partition run as the schedule or a backfill starts it (no tag): every dbt model
     materialized with its checks, and the send run the sensor starts evaluates at the same
     instant (the end of the partition's day), not at the campaign's newest evaluation."""
-    from nudge.asof import AS_OF_TAG
-    from nudge.runner import execute
+    from nudge.app.runner import execute
+    from nudge.core.instant import AS_OF_TAG
     from orchestration.defs.email.sensors import send_after_evaluation
     from orchestration.defs.transform.assets import nudge_dbt_models
 
@@ -296,7 +296,7 @@ def test_a_daemon_launched_run_materializes_every_model_and_its_sends_carry_its_
 CHILD_SIGNALS = """
 import subprocess, sys
 import dagster as dg
-from nudge.cli import main
+from nudge.app.cli import main
 
 if sys.argv[1] == "nudge":
     main(["generate", "--out", sys.argv[2], "--users", "1", "--days", "1"])

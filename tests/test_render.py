@@ -25,7 +25,7 @@ from email_jobs.render import (
     render_parts,
     template_variables,
 )
-from nudge.settings import Settings
+from nudge.core.settings import Settings
 
 NOT_ACTIVATED_COLUMNS = ("entity_id", "email", "first_name", "last_name", "company_id", "signup_at")
 TOO_MANY_4XX_COLUMNS = (

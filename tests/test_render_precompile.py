@@ -12,7 +12,7 @@ import pytest
 from email_jobs.campaigns import Campaign
 from email_jobs.css_precompile import Precompiled, normalized, precompile_source
 from email_jobs.render import TEMPLATES_DIR, inline_css, render_parts
-from nudge.settings import Settings
+from nudge.core.settings import Settings
 
 SETTINGS = Settings(_env_file=None)
 ENDPOINTS = [

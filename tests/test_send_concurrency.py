@@ -31,8 +31,8 @@ from email_jobs.ledger import (
     payload_json,
     recover_claims,
 )
-from nudge.settings import Settings
-from nudge.warehouse import connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -88,7 +88,7 @@ def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[s
 
 
 def nudge_release(env: dict[str, str], log: Path) -> subprocess.Popen[str]:
-    return start(["-m", "nudge.cli", "release", CAMPAIGN], env, log)
+    return start(["-m", "nudge.app.cli", "release", CAMPAIGN], env, log)
 
 
 def send_worker(env: dict[str, str], log: Path) -> subprocess.Popen[str]:
@@ -134,7 +134,7 @@ def test_three_nudge_release_processes_send_each_held_entry_once(
     with FakeSendGrid(api_key=API_KEY) as sg:
         # A wrong key first: one line naming it, nothing released or sent.
         wrong = subprocess.run(
-            [sys.executable, "-m", "nudge.cli", "release", CAMPAIGN], cwd=REPO,
+            [sys.executable, "-m", "nudge.app.cli", "release", CAMPAIGN], cwd=REPO,
             env=environment(tmp_path, url, sg, key="SG.revoked-key"), capture_output=True,
             text=True, timeout=240, check=False,
         )  # fmt: skip

@@ -26,8 +26,8 @@ from test_send_loop import (  # ledger fixtures and the scripted provider of the
 from email_jobs.message import DeliveryResult, OutgoingEmail
 from email_jobs.render import render_email
 from email_jobs.send import send_campaign
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse, connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse, connect
 
 pytestmark = pytest.mark.postgres
 

@@ -36,9 +36,9 @@ from email_jobs.ledger import (
 from email_jobs.message import DeliveryResult, OutgoingEmail
 from email_jobs.render import render_email
 from email_jobs.send import BACKOFF_CAP_S, backoff_delay, release, send_campaign
+from nudge.core.settings import Settings, WarehouseUrl
+from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest.schema import DDL as RAW_DDL
-from nudge.settings import Settings, WarehouseUrl
-from nudge.warehouse import Warehouse, connect
 
 D0 = datetime(2026, 1, 1)
 CAMPAIGN = Campaign(

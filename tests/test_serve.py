@@ -35,9 +35,9 @@ from email_jobs.render import render_email
 from email_jobs.send import send_campaign
 from email_jobs.store import ensure_schema
 from email_jobs.unsubscribe import make_token, verify_token
-from nudge.serve import create_app, uvicorn_config
-from nudge.settings import ConfigError, Settings
-from nudge.warehouse import connect
+from nudge.app.serve import create_app, uvicorn_config
+from nudge.core.settings import ConfigError, Settings
+from nudge.core.warehouse import connect
 
 try:
     from tests.support.fake_sendgrid import FakeSendGrid
@@ -450,7 +450,7 @@ def test_smtp_and_sendgrid_refuse_to_send_without_signed_links(
     with pytest.raises(ConfigError, match=r"^NUDGE_PUBLIC_URL: "):
         make_settings(tmp_path, signer, public_url=None).check()
     with pytest.raises(ConfigError) as short:
-        from nudge.settings import load_settings
+        from nudge.core.settings import load_settings
 
         load_settings(_env_file=None, secret_key="short", public_url=PUBLIC)
     assert "short" not in str(short.value).split(":", 1)[0] and "'short'" not in str(short.value)

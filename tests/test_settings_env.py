@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from nudge.settings import dbt_env, load_settings
+from nudge.core.settings import dbt_env, load_settings
 from orchestration.defs.shared.resources import NudgeResource
 
 

@@ -28,8 +28,8 @@ from email_jobs.backends.smtp import SmtpBackend
 from email_jobs.message import CredentialError
 from email_jobs.render import render_email
 from email_jobs.send import send_campaign
-from nudge.preflight import check_credentials
-from nudge.settings import ConfigError, Settings, load_settings
+from nudge.app.preflight import check_credentials
+from nudge.core.settings import ConfigError, Settings, load_settings
 
 PASSWORD = "s3cret-pw"
 

@@ -25,8 +25,8 @@ from email_jobs.guards import GuardLimits
 from email_jobs.ledger import ensure_schema
 from email_jobs.send import send_campaign
 from email_jobs.suppressions import suppression_address
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse
 
 TEAM_COLS = ("entity_id", "email", "cc", "company_domain")
 USER_COLS = ("entity_id", "email", "cc", "first_name")

@@ -39,8 +39,8 @@ from email_jobs.ledger import (
     suppressed_emails,
 )
 from email_jobs.suppressions import parse_suppression_csv, sync_suppressions
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse, connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse, connect
 
 API_KEY = "SG.suppressions-test"
 

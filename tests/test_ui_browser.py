@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from email_jobs.template_columns import load_campaigns
-from nudge.manifest import MANIFEST
+from nudge.core.dbt_project import MANIFEST
 from tests.support.dagster_web import REPO_ROOT, dagster_webserver, graphql
 
 try:

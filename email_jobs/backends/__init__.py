@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from email_jobs.message import Backend
-from nudge.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings
 
 
 def make_backend(settings: Settings) -> Backend:

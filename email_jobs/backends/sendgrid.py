@@ -21,7 +21,7 @@ from sendgrid import SendGridAPIClient
 from email_jobs.backends.copies import LIST_UNSUBSCRIBE, LIST_UNSUBSCRIBE_POST, recipient_copies
 from email_jobs.backends.mime import clean_header_value
 from email_jobs.message import CredentialError, DeliveryResult, OutgoingEmail
-from nudge.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 

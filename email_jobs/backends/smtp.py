@@ -20,7 +20,7 @@ import ssl
 from email_jobs.backends.copies import RecipientCopy, recipient_copies
 from email_jobs.backends.mime import all_recipients, build_message, envelope_sender
 from email_jobs.message import CredentialError, DeliveryResult, OutgoingEmail
-from nudge.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 

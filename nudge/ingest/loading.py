@@ -17,12 +17,12 @@ from pathlib import Path
 
 import duckdb
 
+from nudge.core.warehouse import Warehouse
 from nudge.ingest.landing import LandingFile
 from nudge.ingest.read_together import BATCH, BatchFile
 from nudge.ingest.report import FileResult, Kind
 from nudge.ingest.schema import DDL
 from nudge.ingest.staging import COLUMNS, STAGED, StageCounts
-from nudge.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

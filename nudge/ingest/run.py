@@ -18,7 +18,10 @@ from pathlib import Path
 
 import duckdb
 
-from nudge.ingest import landing, read_by_line, read_together
+import nudge.ingest.landing as landing
+import nudge.ingest.read_by_line as read_by_line
+import nudge.ingest.read_together as read_together
+from nudge.core.warehouse import Warehouse
 from nudge.ingest.file_scan import Prefetch, Scanned
 from nudge.ingest.landing import LandingFile
 from nudge.ingest.loading import FileIdentity, Loader, ensure_schema, few_checkpoints
@@ -27,7 +30,6 @@ from nudge.ingest.read_clean import read_clean_file
 from nudge.ingest.read_together import BatchFile
 from nudge.ingest.report import FileResult, FileStatus, IngestReport
 from nudge.ingest.staging import FileVanished, StageCounts, prepare, restore
-from nudge.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import json
 
 from email_jobs.campaigns import Campaign
 from email_jobs.template_columns import load_campaigns
-from nudge.manifest import DBT_PROJECT
+from nudge.core.dbt_project import DBT_PROJECT
 
 
 def manifest_campaigns() -> list[Campaign]:

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from nudge.settings import load_settings
+from nudge.core.settings import load_settings
 from orchestration.defs.email.jobs import evaluate_job
 
 

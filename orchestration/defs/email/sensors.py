@@ -3,9 +3,9 @@
 import dagster as dg
 
 from email_jobs.run_failures import record_failure
-from nudge.asof import instant_tags
-from nudge.settings import load_settings
-from nudge.warehouse import connect
+from nudge.core.instant import instant_tags
+from nudge.core.settings import load_settings
+from nudge.core.warehouse import connect
 from orchestration.defs.email.jobs import evaluate_job, send_job
 from orchestration.defs.shared.instant import run_instant
 from orchestration.defs.shared.tags import EVALUATION_RUN_TAG

@@ -4,8 +4,8 @@ import json
 
 import dagster as dg
 
+from nudge.core.settings import load_settings
 from nudge.ingest.watch import changes_since, event_file_versions
-from nudge.settings import load_settings
 from orchestration.defs.ingest.jobs import ingest_job
 from orchestration.defs.shared.partitions import days
 

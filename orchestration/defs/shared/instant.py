@@ -1,5 +1,5 @@
 """The evaluation instant of a step: the run's `nudge/as_of` tag, else the end of its day
-partition (nudge.asof.instant_of), else the run's creation time.
+partition (nudge.core.instant.instant_of), else the run's creation time.
 
 Every step of a run reads the same instant, so ingestion, dbt and the cohort evaluation agree,
 and a re-execution of the run decides the same way.
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from nudge.asof import instant_of
+from nudge.core.instant import instant_of
 
 # The tag Dagster puts the partition key of a run in.
 PARTITION_TAG = "dagster/partition"

@@ -11,10 +11,10 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from nudge.evaluation_lock import HeldLock, evaluation_lock
-from nudge.manifest import DBT_PROJECT, dbt_executable
-from nudge.settings import Settings, load_settings
-from nudge.warehouse import Warehouse, connect
+from nudge.core.dbt_project import DBT_PROJECT, dbt_executable
+from nudge.core.evaluation_lock import HeldLock, evaluation_lock
+from nudge.core.settings import Settings, load_settings
+from nudge.core.warehouse import Warehouse, connect
 
 
 class NudgeResource(dg.ConfigurableResource):
@@ -52,7 +52,7 @@ def locked_io_manager(context: dg.InitResourceContext) -> dg.IOManager:
 @dg.resource(
     config_schema={},
     description="Held from a run's dbt build until its evaluations are recorded: one evaluation "
-    "at a time per warehouse (nudge.evaluation_lock).",
+    "at a time per warehouse (nudge.core.evaluation_lock).",
 )
 def evaluation_lock_resource(_: dg.InitResourceContext) -> Iterator[HeldLock]:
     # A run's steps run in one process (in-process executor), so this is initialized once per

@@ -1,7 +1,7 @@
-"""Run tags Nudge reads and sets: the instant's tag (nudge.asof), the runs an evaluation follows,
-and the tags the instance's run queue limits writers and senders by (see dagster.yaml)."""
+"""Run tags Nudge reads and sets: the instant's tag (nudge.core.instant), the runs an evaluation
+follows, and the tags the instance's run queue limits writers and senders by (see dagster.yaml)."""
 
-from nudge.asof import AS_OF_TAG
+from nudge.core.instant import AS_OF_TAG
 
 __all__ = ["AS_OF_TAG", "EVALUATION_RUN_TAG", "INGEST_RUNS_TAG", "SENDER_TAGS", "WRITER_TAGS"]
 

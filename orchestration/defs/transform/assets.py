@@ -14,9 +14,14 @@ from dagster_dbt import (
     get_asset_key_for_model,
 )
 
-from nudge.evaluation_lock import HeldLock, forget_builds, record_builds
-from nudge.manifest import DBT_PROJECT, dbt_environment, dbt_invocation_env, keep_partial_parse
-from nudge.warehouse import connect, writer_lock
+from nudge.core.dbt_project import (
+    DBT_PROJECT,
+    dbt_environment,
+    dbt_invocation_env,
+    keep_partial_parse,
+)
+from nudge.core.evaluation_lock import HeldLock, forget_builds, record_builds
+from nudge.core.warehouse import connect, writer_lock
 from orchestration.defs.shared.instant import evaluation_instant
 from orchestration.defs.shared.partitions import days
 from orchestration.defs.shared.resources import NudgeResource
@@ -43,7 +48,7 @@ class NudgeDbtTranslator(DagsterDbtTranslator):
 
 def dbt_build_args() -> list[str]:
     """One `dbt build` (models and their data tests); the instant reaches it through the
-    environment (nudge.manifest.dbt_invocation_env).
+    environment (nudge.core.dbt_project.dbt_invocation_env).
 
     dbt's unit tests check the SQL's logic, not the data: CI runs them, a production run need not.
     The tests on the `raw` sources guard what Nudge's own ingestion guarantees (keys present and
@@ -72,7 +77,7 @@ def nudge_dbt_models(
     nudge: NudgeResource,
     evaluation_lock: dg.ResourceParam[HeldLock],
 ) -> Iterator[Any]:
-    settings = nudge.settings()
+    settings = nudge.core.settings()
     end = evaluation_instant(context)
     # The run holds the evaluation lock (a resource spanning its steps) from before this build
     # until its evaluations are recorded; the cohorts built here record their instant, which the

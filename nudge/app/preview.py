@@ -15,11 +15,11 @@ from dagster_dbt import DbtCliResource
 
 from email_jobs.campaigns import Campaign
 from email_jobs.message import DeliveryResult
-from nudge.asof import parse_as_of
-from nudge.evaluation_lock import evaluation_lock, forget_builds, record_builds
-from nudge.manifest import DBT_PROJECT, dbt_environment, dbt_executable, dbt_invocation_env
-from nudge.settings import ConfigError, Settings
-from nudge.warehouse import connect, writer_lock
+from nudge.core.dbt_project import DBT_PROJECT, dbt_environment, dbt_executable, dbt_invocation_env
+from nudge.core.evaluation_lock import evaluation_lock, forget_builds, record_builds
+from nudge.core.instant import parse_as_of
+from nudge.core.settings import ConfigError, Settings
+from nudge.core.warehouse import connect, writer_lock
 
 
 def _build_cohort(settings: Settings, campaign: Campaign, as_of: str) -> None:
@@ -27,7 +27,7 @@ def _build_cohort(settings: Settings, campaign: Campaign, as_of: str) -> None:
 
     It rewrites the live cohort table, so it takes the evaluation lock (an evaluation under way
     keeps its own instant's table) and records the instant it built, which a later evaluation of
-    another instant then refuses (nudge.evaluation_lock)."""
+    another instant then refuses (nudge.core.evaluation_lock)."""
     end = parse_as_of(as_of)
     dbt = DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable())
     with evaluation_lock(settings):

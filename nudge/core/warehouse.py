@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from nudge.settings import ConfigError, Settings, WarehouseUrl
+from nudge.core.settings import ConfigError, Settings, WarehouseUrl
 
 log = logging.getLogger(__name__)
 

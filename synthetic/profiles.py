@@ -2,7 +2,7 @@
 
 Everything here is per user or per user-day (a few thousand rows), so plain Python with one
 seeded `random.Random` is fast enough; the per-event work happens in DuckDB
-(`nudge.generate_events`). The plan is shaped so that a day-by-day demo shows both seed cohorts
+(`synthetic.events`). The plan is shaped so that a day-by-day demo shows both seed cohorts
 gaining and losing members on many different days:
 
 - new users sign up every day; some never call (they enter `not_activated_7d` a week later),

@@ -49,7 +49,7 @@ from email_jobs.email_events import (
 )
 from email_jobs.event_spool import probe_spool, spool_dir, unsubscribe_record, write_spool
 from email_jobs.unsubscribe import MAX_TOKEN_CHARS, UnsubscribeTarget, verify_token
-from nudge.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Recorder:
     def _postgres(self):  # type: ignore[no-untyped-def]
         import psycopg2
 
-        from nudge.warehouse import Warehouse
+        from nudge.core.warehouse import Warehouse
 
         url = self.settings.warehouse_url
         conn = psycopg2.connect(

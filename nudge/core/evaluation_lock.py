@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from nudge.asof import to_iso
-from nudge.settings import Settings
-from nudge.warehouse import Warehouse, connect, duckdb_file_lock
+from nudge.core.instant import to_iso
+from nudge.core.settings import Settings
+from nudge.core.warehouse import Warehouse, connect, duckdb_file_lock
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from pathlib import Path
 from dagster_dbt import DbtCliResource, DbtProject
 from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
-from nudge.asof import to_iso
-from nudge.settings import Settings, dbt_env
+from nudge.core.instant import to_iso
+from nudge.core.settings import Settings, dbt_env
 
 log = logging.getLogger(__name__)
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
 DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR)
 MANIFEST = DBT_PROJECT.manifest_path
 _WATCHED = ("models", "macros", "tests", "seeds", "snapshots", "analyses")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import duckdb
 
-from nudge.generate_profiles import (
+from synthetic.profiles import (
     MIX_ANON,
     MIX_AUTH,
     MIX_CLEAN,

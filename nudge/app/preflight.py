@@ -8,7 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from nudge.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings
 
 
 def _writable_dir(path: Path, variable: str) -> None:
@@ -28,7 +28,7 @@ def check_ready(settings: Settings, *, need_landing: bool = True) -> None:
     if wh.kind == "duckdb":
         _writable_dir(wh.path.parent, "NUDGE_WAREHOUSE")
     else:
-        from nudge.warehouse import connect
+        from nudge.core.warehouse import connect
 
         with connect(settings):
             pass

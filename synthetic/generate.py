@@ -23,13 +23,13 @@ from pathlib import Path
 
 import duckdb
 
-from nudge.generate_events import (
+from synthetic.events import (
     EventFile,
     build_events,
     event_files,
     write_event_files,
 )
-from nudge.generate_profiles import (
+from synthetic.profiles import (
     build_plan,
     build_population,
     company_profiles,

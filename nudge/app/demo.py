@@ -15,7 +15,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from nudge.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings
 
 DEMO_DIR = Path("data/demo")
 # The shipped playbooks beyond the seed's two ship `enabled: false`; the demo turns them on for
@@ -57,16 +57,16 @@ def _reset(settings: Settings) -> None:
 
 def run_demo(days: int = 28, users: int = 160, events_per_day: int = 6000) -> int:
     from email_jobs.campaigns import ENABLED_CAMPAIGNS_ENV, enabled_campaigns
-    from nudge.asof import to_iso
-    from nudge.cli import _instance, _prepare_pipeline, _settings
-    from nudge.generate import generate
-    from nudge.runner import run_evaluation
-    from nudge.summary import evaluation_rows
+    from nudge.app.runner import run_evaluation
+    from nudge.app.session import command_settings, dagster_instance, prepare_pipeline
+    from nudge.app.summary import evaluation_rows
+    from nudge.core.instant import to_iso
+    from synthetic.generate import generate
 
     os.environ[ENABLED_CAMPAIGNS_ENV] = ",".join(
         dict.fromkeys([*enabled_campaigns(), *DEMO_PLAYBOOKS])
     )
-    settings = _settings()
+    settings = command_settings()
     _reset(settings)
     source, landing = DEMO_DIR / "source", settings.landing_dir
     today = datetime.now(UTC).date()
@@ -76,8 +76,8 @@ def run_demo(days: int = 28, users: int = 160, events_per_day: int = 6000) -> in
 
     for kind in ("users", "companies"):
         shutil.copytree(source / kind, landing / kind, dirs_exist_ok=True)
-    _prepare_pipeline(settings)
-    instance = _instance()
+    prepare_pipeline(settings)
+    instance = dagster_instance()
     outbox = settings.outbox_dir.resolve()
     before = set(outbox.glob("*.eml")) if outbox.exists() else set()
 

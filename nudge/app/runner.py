@@ -19,8 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from nudge.asof import day_partition, instant_tags
-from nudge.settings import Settings
+from nudge.core.instant import day_partition, instant_tags
+from nudge.core.settings import Settings
 from orchestration.defs.shared.tags import EVALUATION_RUN_TAG, INGEST_RUNS_TAG
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ console_log_level = "WARNING"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
-LOCAL_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "orchestration" / "dagster.local.yaml"
+LOCAL_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "orchestration" / "dagster.local.yaml"
 
 
 @dataclass
@@ -58,7 +58,7 @@ def open_instance() -> dg.DagsterInstance:
     tables, and one would fail ("table runs already exists"): the first creates them under a file
     lock, the other then finds them.
     """
-    from nudge.warehouse import duckdb_file_lock  # the same cross-process file lock
+    from nudge.core.warehouse import duckdb_file_lock  # the same cross-process file lock
 
     with duckdb_file_lock(Path(os.environ["DAGSTER_HOME"]) / ".nudge-instance", timeout_s=600):
         instance = dg.DagsterInstance.get()
@@ -153,8 +153,8 @@ def _catch_up_ingest(
     None when only `day` has new files: the evaluation run of `day` ingests its own dt= folder
     (one Dagster run fewer on a daily schedule's usual day).
     """
+    from nudge.core.warehouse import connect
     from nudge.ingest import pending_event_dts
-    from nudge.warehouse import connect
     from orchestration.defs.shared.partitions import days
 
     with connect(settings) as wh:

@@ -21,16 +21,16 @@ from typing import Any
 
 from dagster_dbt import DbtCliInvocation, DbtCliResource, DbtProject
 
-from nudge.asof import to_iso
-from nudge.manifest import (
+from nudge.core.dbt_project import (
     DBT_PROJECT,
     dbt_environment,
     dbt_executable,
     dbt_invocation_env,
     dbt_vars,
 )
-from nudge.settings import ConfigError, Settings
-from nudge.warehouse import Warehouse, connect, writer_lock
+from nudge.core.instant import to_iso
+from nudge.core.settings import ConfigError, Settings
+from nudge.core.warehouse import Warehouse, connect, writer_lock
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from nudge.settings import Settings
-from nudge.warehouse import connect
+from nudge.core.settings import Settings
+from nudge.core.warehouse import connect
 
 
 def evaluation_rows(settings: Settings, end: datetime) -> list[dict[str, Any]]:

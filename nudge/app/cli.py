@@ -11,59 +11,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from nudge.settings import ConfigError, Settings, export_runtime_env, load_settings
+from nudge.app.session import UserError, command_settings, dagster_instance, prepare_pipeline
+from nudge.core.settings import ConfigError
 
 log = logging.getLogger("nudge")
 
 
-class UserError(Exception):
-    """Something the user can fix; printed as one line, exit status 2."""
-
-
-# -- shared setup -----------------------------------------------------------------------------
-
-
-def _settings() -> Settings:
-    settings = load_settings()
-    export_runtime_env(settings)
-    return settings
-
-
-def _prepare_pipeline(settings: Settings) -> None:
-    """Everything a Dagster run needs: the instance folder and a current dbt manifest."""
-    from nudge.manifest import ensure_manifest
-    from nudge.preflight import check_ready
-    from nudge.runner import ensure_dagster_home
-
-    check_ready(settings)
-    ensure_dagster_home(settings)
-    ensure_manifest()
-    # A broken cohort yml or template fails here, in one line naming the model, rather than
-    # deep inside the code location's loading.
-    from email_jobs.campaigns import CampaignError
-    from email_jobs.unsubscribe import check_unsubscribe_ready
-    from orchestration.defs.email.campaigns import manifest_campaigns
-
-    try:
-        campaigns = manifest_campaigns()
-    except CampaignError as exc:
-        raise UserError(str(exc)) from None
-    # smtp/sendgrid without signed unsubscribe links: refused before any work (one line).
-    check_unsubscribe_ready(
-        settings,
-        settings.email_backend,
-        [(c.name, c.unsubscribe_group_id) for c in campaigns if c.enabled],
-    )
-
-
-def _instance():
-    from nudge.runner import open_instance
-
-    return open_instance()
+# -- shared setup: nudge.app.session ------------------------------------------------------------
 
 
 def _campaign(name: str):
-    from nudge.runner import definitions  # noqa: F401 - validates the code location loads
+    from nudge.app.runner import definitions  # noqa: F401 - validates the code location loads
     from orchestration.defs.email.campaigns import manifest_campaigns
 
     campaigns = {c.name: c for c in manifest_campaigns()}
@@ -84,16 +42,16 @@ def _report(outcomes: Sequence) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nudge.asof import parse_as_of, to_iso
-    from nudge.runner import run_evaluation
+    from nudge.app.runner import run_evaluation
+    from nudge.core.instant import parse_as_of, to_iso
 
-    settings = _settings()
+    settings = command_settings()
     end = parse_as_of(args.as_of)
-    _prepare_pipeline(settings)
-    outcomes = run_evaluation(end, _instance(), settings)
+    prepare_pipeline(settings)
+    outcomes = run_evaluation(end, dagster_instance(), settings)
     code = _report(outcomes)
     if code == 0:
-        from nudge.summary import evaluation_lines
+        from nudge.app.summary import evaluation_lines
 
         for line in evaluation_lines(settings, end):
             print(line)
@@ -102,15 +60,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from nudge.demo import run_demo
+    from nudge.app.demo import run_demo
 
     return run_demo(days=args.days, users=args.users, events_per_day=args.events_per_day)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    settings = _settings()
-    _prepare_pipeline(settings)
-    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    settings = command_settings()
+    prepare_pipeline(settings)
+    workspace = Path(__file__).resolve().parents[2] / "workspace.yaml"
     dagster = Path(sys.executable).parent / "dagster"
     argv = [str(dagster), "dev", "-w", str(workspace), "--port", str(args.port)]
     os.execv(argv[0], argv)
@@ -118,14 +76,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from nudge.serve import serve
+    from nudge.app.serve import serve
 
-    serve(_settings(), args.host, args.port)
+    serve(command_settings(), args.host, args.port)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from nudge.generate import generate
+    from synthetic.generate import generate
 
     try:
         report = generate(
@@ -145,10 +103,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from email_jobs.status import collect_status
-    from nudge.warehouse import connect
+    from nudge.core.warehouse import connect
 
-    settings = _settings()
-    from nudge.manifest import ensure_manifest
+    settings = command_settings()
+    from nudge.core.dbt_project import ensure_manifest
 
     ensure_manifest()
     from orchestration.defs.email.campaigns import manifest_campaigns
@@ -158,17 +116,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, default=str))
         return 0
-    from nudge.summary import format_status
+    from nudge.app.summary import format_status
 
     print(format_status(status))
     return 0
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from nudge.preview import preview
+    from nudge.app.preview import preview
 
-    settings = _settings()
-    _prepare_pipeline(settings)
+    settings = command_settings()
+    prepare_pipeline(settings)
     paths = preview(settings, _campaign(args.campaign), args.entity, args.as_of, Path(args.out))
     for p in paths:
         print(p)
@@ -176,10 +134,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_test_send(args: argparse.Namespace) -> int:
-    from nudge.preview import test_send
+    from nudge.app.preview import test_send
 
-    settings = _settings()
-    _prepare_pipeline(settings)
+    settings = command_settings()
+    prepare_pipeline(settings)
     result = test_send(settings, _campaign(args.campaign), args.to, args.entity)
     if result.status != "sent":
         print(f"nudge: test send {result.status}: {result.error}", file=sys.stderr)
@@ -190,11 +148,11 @@ def cmd_test_send(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from email_jobs.send import release
-    from nudge.runner import run_sends
-    from nudge.warehouse import connect
+    from nudge.app.runner import run_sends
+    from nudge.core.warehouse import connect
 
-    settings = _settings()
-    _prepare_pipeline(settings)
+    settings = command_settings()
+    prepare_pipeline(settings)
     campaign = _campaign(args.campaign)
     if not campaign.enabled:
         raise UserError(
@@ -204,15 +162,15 @@ def cmd_release(args: argparse.Namespace) -> int:
     with connect(settings) as wh:
         released = release(wh, campaign, include_unknown=args.unknown)
     print(f"released {released} entr{'y' if released == 1 else 'ies'} of {campaign.name}")
-    outcome = run_sends(_instance(), campaign.name)
+    outcome = run_sends(dagster_instance(), campaign.name)
     return _report([outcome])
 
 
 def cmd_diff_cohort(args: argparse.Namespace) -> int:
-    from nudge.asof import parse_as_of
-    from nudge.shadow import diff_cohort
+    from nudge.app.diff_cohort import diff_cohort
+    from nudge.core.instant import parse_as_of
 
-    settings = _settings()
+    settings = command_settings()
     as_of = parse_as_of(args.as_of) if args.as_of else None
     diff = diff_cohort(settings, args.model, as_of, keep=args.keep)
     for line in diff.lines():
@@ -237,7 +195,7 @@ def cmd_suppress(args: argparse.Namespace) -> int:
         lift_suppression,
         list_suppressions,
     )
-    from nudge.warehouse import connect
+    from nudge.core.warehouse import connect
 
     if args.action == "list" and args.address:
         raise UserError("nudge suppress list takes no ADDRESS")
@@ -245,7 +203,7 @@ def cmd_suppress(args: argparse.Namespace) -> int:
         raise UserError(f"nudge suppress {args.action} needs an ADDRESS")
     if args.action == "remove" and not (args.reason or "").strip():
         raise UserError("nudge suppress remove needs --reason TEXT: lifting is recorded")
-    settings = _settings()
+    settings = command_settings()
     by = args.by or _operator()
     try:
         with connect(settings) as wh:
@@ -374,9 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.root.handlers:
         handler.setLevel(level if args.verbose else logging.ERROR)
     if args.verbose:
-        import nudge.runner
+        import nudge.app.runner
 
-        nudge.runner.console_log_level = "INFO"
+        nudge.app.runner.console_log_level = "INFO"
     try:
         return args.fn(args)
     except (ConfigError, UserError, ValueError) as exc:
