@@ -108,7 +108,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         evaluation_lock: dg.ResourceParam[HeldLock],
     ) -> Iterator[Any]:
         end = evaluation_instant(context)
-        settings = nudge.core.settings()
+        settings = nudge.settings()
         limits = GuardLimits.from_settings(settings)
         selected = _selected(context, campaigns, evaluation_key)
         if not selected:
@@ -117,7 +117,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         # the run's steps), so no other evaluation rebuilt the cohorts meanwhile; the recorded
         # build instants check it again.
         evaluation_lock.check()
-        with nudge.core.warehouse() as wh:
+        with nudge.warehouse() as wh:
             try:
                 for c in selected:
                     check_built_for(wh, c.cohort, end)
@@ -199,7 +199,7 @@ def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         can_subset=True,
     )
     def campaign_sends(context: dg.AssetExecutionContext, nudge: NudgeResource) -> Iterator[Any]:
-        settings = nudge.core.settings()
+        settings = nudge.settings()
         backend = make_backend(settings)
         # The frequency cap counts from the evaluation's instant (the tag `nudge run` and the
         # send_after_evaluation sensor set); a run without one (`nudge release`) uses the
@@ -208,7 +208,7 @@ def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         try:
             for c in _selected(context, campaigns, sends_key):
                 report = send_campaign(
-                    nudge.core.warehouse, c, backend, settings, context.run.run_id, as_of=as_of
+                    nudge.warehouse, c, backend, settings, context.run.run_id, as_of=as_of
                 )
                 context.log.info(report.summary())
                 yield dg.MaterializeResult(asset_key=sends_key(c), metadata=report.metadata())

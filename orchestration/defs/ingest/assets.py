@@ -35,9 +35,9 @@ def _metadata(report: IngestReport, kind: str) -> dict[str, dg.MetadataValue]:
     backfill_policy=dg.BackfillPolicy.single_run(),
 )
 def raw_events(context: dg.AssetExecutionContext, nudge: NudgeResource) -> dg.MaterializeResult:
-    settings = nudge.core.settings()
+    settings = nudge.settings()
     dts = [date.fromisoformat(k) for k in context.partition_keys]
-    with nudge.core.warehouse() as wh:
+    with nudge.warehouse() as wh:
         report = ingest_pending(
             wh,
             settings.landing_dir,
@@ -64,8 +64,8 @@ def raw_events(context: dg.AssetExecutionContext, nudge: NudgeResource) -> dg.Ma
 def raw_profiles(
     context: dg.AssetExecutionContext, nudge: NudgeResource
 ) -> Iterator[dg.MaterializeResult]:
-    settings = nudge.core.settings()
-    with nudge.core.warehouse() as wh:
+    settings = nudge.settings()
+    with nudge.warehouse() as wh:
         report = ingest_pending(
             wh,
             settings.landing_dir,

@@ -77,7 +77,7 @@ def nudge_dbt_models(
     nudge: NudgeResource,
     evaluation_lock: dg.ResourceParam[HeldLock],
 ) -> Iterator[Any]:
-    settings = nudge.core.settings()
+    settings = nudge.settings()
     end = evaluation_instant(context)
     # The run holds the evaluation lock (a resource spanning its steps) from before this build
     # until its evaluations are recorded; the cohorts built here record their instant, which the
