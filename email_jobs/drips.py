@@ -8,7 +8,9 @@ row for it (key `campaign|entity|E|k`) when all of these hold:
 - the member is in the cohort now and was in it at every evaluation of the campaign since E
   (a user who activates leaves `not_activated`, and the rest of its drip is never sent);
 - step k - 1 was sent (skipped or failed ends the drip; pending, held or unknown wait), and was
-  recorded by an earlier evaluation: one step per entry per evaluation instant.
+  recorded by an earlier evaluation: one step per entry per evaluation instant;
+- the campaign's goal was not met since the entry: with a goal model, no `converted_at` of the
+  entity in (E, now] (a held-out entry is never sent, so its drip never starts).
 
 Everything is decided from evaluation instants and the ledger, never the wall clock, so a replay
 decides the same way. A stale evaluation (a backfill) records no drip steps: the evaluations at the
@@ -67,6 +69,26 @@ def _stayed_in(
     return not row or int(row[0]) == 0
 
 
+def _conversions(
+    wh: Warehouse, campaign: Campaign, since: datetime, end: datetime
+) -> dict[str, list[datetime]]:
+    """Per entity, the goal model's conversion instants in (since, end]; {} for the default
+    goal (leaving the cohort, which `_stayed_in` already stops the drip on)."""
+    if not campaign.goal.relation:
+        return {}
+    # The relation comes from dbt's manifest (a quoted relation name), never from a person.
+    relation = wh.relation(campaign.goal.relation)
+    rows = wh.fetchall(
+        f"select cast(entity_id as varchar), converted_at from {relation} "
+        "where converted_at > ? and converted_at <= ?",
+        [since, end],
+    )
+    out: dict[str, list[datetime]] = defaultdict(list)
+    for entity_id, converted_at in rows:
+        out[entity_id].append(converted_at)
+    return out
+
+
 def due_step_entries(
     wh: Warehouse,
     campaign: Campaign,
@@ -88,6 +110,7 @@ def due_step_entries(
     for entity_id, entry_as_of, step, state, eval_id in rows:
         entries[(entity_id, entry_as_of)][int(step)] = (state, eval_id)
 
+    conversions = _conversions(wh, campaign, since, end)
     suppressed: set[str] | None = None
     result: list[NewEntry] = []
     for (entity_id, entry_as_of), steps in sorted(entries.items()):
@@ -106,6 +129,8 @@ def due_step_entries(
             wh, campaign.name, entity_id, entry_as_of, end
         ):
             continue  # left the cohort: the drip stops here
+        if any(entry_as_of < t <= end for t in conversions.get(entity_id, ())):
+            continue  # the goal was met after the entry: the drip has done its work
         if suppressed is None:
             suppressed = suppressed_emails(wh)
         row = members[entity_id]

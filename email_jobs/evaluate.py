@@ -24,6 +24,7 @@ from email_jobs.guards import (
     blast_radius_reason,
     compute_guard_inputs,
 )
+from email_jobs.holdout import HOLDOUT_REASON, in_holdout
 from email_jobs.ledger import (
     NO_COOLDOWN_STATES,
     NewEntry,
@@ -239,7 +240,12 @@ def evaluate_campaign(
             )
             first = kept.to[0] if kept.to else None
             address = (first or normalize_address(email) or "").lower()
-            if reason is None and address in addressed:
+            # The holdout is drawn only from entries that would otherwise go out (after every
+            # other skip reason), so treatment and holdout come from the same population and a
+            # member who could not be mailed anyway is no control. It claims no address.
+            if reason is None and in_holdout(name, entity_id, campaign.holdout_share):
+                reason = HOLDOUT_REASON
+            elif reason is None and address in addressed:
                 reason = "duplicate_address"
             elif reason is None:
                 addressed.add(address)

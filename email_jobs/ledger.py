@@ -225,6 +225,21 @@ DDL: tuple[str, ...] = (
     "alter table nudge.suppressions add column if not exists lifted_at timestamp",
     "alter table nudge.suppressions add column if not exists lifted_by varchar",
     "alter table nudge.suppressions add column if not exists lifted_reason text",
+    # Delivery events (SendGrid's Event Webhook through `nudge serve`), matched to the ledger by
+    # nudge_key. Created here too so that the outcome models read it before any event arrived.
+    """
+    create table if not exists nudge.email_events (
+        nudge_key    varchar,
+        event        varchar,
+        event_at     timestamp,
+        url          varchar,
+        email        varchar,
+        campaign     varchar,
+        entity_id    varchar,
+        received_at  timestamp,
+        payload      text
+    )
+    """,
 )
 
 
@@ -357,13 +372,15 @@ def existing_keys(
 def cooldown_blockers(
     wh: Warehouse, campaign: str, low: datetime, high: datetime, exclude_as_of: datetime
 ) -> set[str]:
-    """Entities with a row that started a cooldown (not skipped/failed) and an entry instant
+    """Entities with a row that started a cooldown (not skipped/failed, but a held-out entry
+    starts one as a send would, so both groups re-enter on one rhythm) and an entry instant
     strictly inside (low, high), other than entries at `exclude_as_of` itself."""
     rows = wh.fetchall(
         f"""
         select distinct entity_id from nudge.send_ledger
         where campaign = ? and entry_as_of > ? and entry_as_of < ? and entry_as_of <> ?
-          and state not in ({placeholders(len(NO_COOLDOWN_STATES))})
+          and (state not in ({placeholders(len(NO_COOLDOWN_STATES))})
+               or (state = 'skipped' and reason = 'holdout'))
         """,
         [campaign, low, high, exclude_as_of, *sorted(NO_COOLDOWN_STATES)],
     )

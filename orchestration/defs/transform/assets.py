@@ -28,6 +28,7 @@ from orchestration.defs.runtime.resources import NudgeResource
 from orchestration.defs.transform.project import nudge_dbt_project
 
 OWNERS = ["team:data"]
+OUTCOMES_SELECTION = "tag:nudge_outcomes"
 PARTIAL_PARSE_FILE = "partial_parse.msgpack"
 
 
@@ -64,6 +65,9 @@ def dbt_as_of_env(as_of: datetime) -> dict[str, str]:
     manifest=nudge_dbt_project.manifest_path,
     project=nudge_dbt_project,
     dagster_dbt_translator=NudgeDbtTranslator(),
+    # The outcome models read what evaluations and sends recorded: they are built after the
+    # sends, by their own asset (orchestration/defs/email/outcomes.py).
+    exclude=OUTCOMES_SELECTION,
     # Cohorts are built as of one instant: each day of a backfill is its own `dbt build`.
     partitions_def=days,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
