@@ -22,27 +22,35 @@ def _points(value: float | None) -> str:
 
 
 def conversion_figure(name: str, lift: pd.DataFrame) -> go.Figure:
+    """Grouped bars per entry week (categorical: a single week reads as well as twenty)."""
     weeks = lift[lift["campaign"] == name].sort_values("entry_week")
+    labels = [f"week of {w}" for w in weeks["entry_week"].astype(str)]
     fig = go.Figure()
-    for group, color in (("treatment", TREATMENT_COLOR), ("holdout", HOLDOUT_COLOR)):
+    for group, color, label in (
+        ("treatment", TREATMENT_COLOR, "emailed"),
+        ("holdout", HOLDOUT_COLOR, "held out (not emailed)"),
+    ):
+        rates = weeks[f"conversion_{group}"].astype("float64")
         fig.add_trace(
-            go.Scatter(
-                x=weeks["entry_week"].astype(str),
-                y=weeks[f"conversion_{group}"],
+            go.Bar(
+                x=labels,
+                y=rates,
+                name=label,
+                marker={"color": color},
+                text=[f"{r:.0%}" if pd.notna(r) else "" for r in rates],
+                textposition="outside",
                 customdata=weeks[f"entries_{group}"],
-                name=f"{group} (emailed)" if group == "treatment" else f"{group} (not emailed)",
-                mode="lines+markers",
-                line={"color": color, "width": 3},
-                hovertemplate="week of %{x}: %{y:.1%} of %{customdata} entries<extra></extra>",
+                hovertemplate="%{x}: %{y:.1%} of %{customdata} entries<extra></extra>",
             )
         )
     fig.update_layout(
         title="Conversion by entry week (matured entries)",
+        barmode="group",
+        xaxis={"type": "category"},
         yaxis={"tickformat": ".0%", "rangemode": "tozero"},
-        xaxis={"title": "entry week"},
         height=360,
         margin={"l": 50, "r": 20, "t": 50, "b": 50},
-        legend={"orientation": "h", "y": -0.25},
+        legend={"orientation": "h", "y": -0.2},
     )
     return fig
 
@@ -57,9 +65,7 @@ def funnel_figure(report: dict[str, Any]) -> go.Figure:
             marker={"color": TREATMENT_COLOR},
         )
     )
-    fig.update_layout(
-        title="Funnel", height=360, margin={"l": 90, "r": 20, "t": 50, "b": 30}
-    )
+    fig.update_layout(title="Funnel", height=360, margin={"l": 90, "r": 20, "t": 50, "b": 30})
     return fig
 
 
@@ -70,14 +76,23 @@ def render_html(report: dict[str, Any], lift: pd.DataFrame, title: str = "Nudge 
         conv = c["conversion"]
         name = html.escape(c["campaign"])
         figures = []
-        for fig in (conversion_figure(c["campaign"], lift), funnel_figure(c)):
+        charts = (conversion_figure(c["campaign"], lift), funnel_figure(c)) if c["entries"] else ()
+        for fig in charts:
             figures.append(
-                fig.to_html(full_html=False, include_plotlyjs=first, config={"responsive": True})
+                fig.to_html(
+                    full_html=False,
+                    include_plotlyjs=first,
+                    default_width="100%",
+                    config={"responsive": True, "displaylogo": False},
+                )
             )
             first = False
         verdict = (
-            "significant" if conv["significant"] else "not significant yet"
-            if conv["significant"] is not None else "no comparison yet"
+            "significant"
+            if conv["significant"]
+            else "not significant yet"
+            if conv["significant"] is not None
+            else "no comparison yet"
         )
         parts.append(
             f"""
@@ -93,7 +108,10 @@ def render_html(report: dict[str, Any], lift: pd.DataFrame, title: str = "Nudge 
     <div><b>{c["entries"]}</b><span>entries, {c["holdout"]} held out, {c["bounced"]} bounced,
       {c["unsubscribed"]} unsubscribed</span></div>
   </div>
-  <div class="charts">{"".join(f'<div class="chart">{f}</div>' for f in figures)}</div>
+  <div class="charts">{
+                "".join(f'<div class="chart">{f}</div>' for f in figures)
+                or "<p>No entries yet.</p>"
+            }</div>
 </section>"""
         )
     body = "".join(parts) or "<p>No campaign has entries yet.</p>"
@@ -105,7 +123,10 @@ def render_html(report: dict[str, Any], lift: pd.DataFrame, title: str = "Nudge 
  .kpis div {{ background: #f3f4f6; padding: .8rem 1rem; border-radius: 8px; min-width: 12rem; }}
  .kpis b {{ display: block; font-size: 1.6rem; }}
  .kpis span {{ color: #4b5563; font-size: .9rem; }}
- .charts {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); }}
+ /* Fixed columns: plotly sizes each chart when its script runs, before the next one exists. */
+ .charts {{ display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }}
+ @media (max-width: 900px) {{ .charts {{ grid-template-columns: 1fr; }} }}
+ .chart {{ min-width: 0; }}
 </style></head>
 <body><h1>{html.escape(title)}</h1>{body}</body></html>
 """

@@ -57,13 +57,13 @@
     select
         cast({{ nudge_sql_string(g.campaign) }} as {{ dbt.type_string() }}) as campaign,
         cast({{ nudge_sql_string(g.model or 'exit') }} as {{ dbt.type_string() }}) as goal,
-        cast({{ g.within_days }} as {{ dbt.type_float() }}) as within_days
+        cast({{ g.within_days }} as double precision) as within_days
     {{ 'union all' if not loop.last }}
     {%- else %}
     select
         cast(null as {{ dbt.type_string() }}) as campaign,
         cast(null as {{ dbt.type_string() }}) as goal,
-        cast(null as {{ dbt.type_float() }}) as within_days
+        cast(null as double precision) as within_days
     where 1 = 0
     {%- endfor %}
 {%- endmacro %}
@@ -101,5 +101,5 @@
 {%- endmacro %}
 
 {% macro duckdb__nudge_add_days(timestamp_expr, days_expr) -%}
-    ({{ timestamp_expr }} + to_microseconds(cast(round(({{ days_expr }}) * 86400000000) as bigint)))
+    ({{ timestamp_expr }} + to_microseconds(cast(round(cast({{ days_expr }} as double) * 86400000000) as bigint)))
 {%- endmacro %}

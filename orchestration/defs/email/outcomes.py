@@ -43,9 +43,7 @@ class OutcomesTranslator(NudgeDbtTranslator):
     ) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
         node = manifest.get("nodes", {}).get(unique_id) or {}
-        if node.get("resource_type") != "model" or "nudge_outcomes" not in (
-            node.get("tags") or []
-        ):
+        if node.get("resource_type") != "model" or "nudge_outcomes" not in (node.get("tags") or []):
             return spec
         spec = spec.replace_attributes(
             key=dg.AssetKey([OUTCOMES_PREFIX, node["name"]]), group_name="email"
