@@ -290,3 +290,38 @@ def test_html_report_renders_its_charts_offline(report, tmp_path: Path) -> None:
             context.close()
     # Self-contained: nothing fetched but the page itself.
     assert [u for u in requests if not u.startswith(("file:", "about:", "data:"))] == []
+
+
+OUTCOMES_JOB = """
+import json
+import dagster as dg
+from orchestration.definitions import defs
+
+job = defs().resolve_job_def("nudge_outcomes")
+with dg.instance_for_test() as instance:
+    result = job.execute_in_process(instance=instance)
+assert result.success
+out = {}
+for event in result.get_asset_materialization_events():
+    mat = event.event_specific_data.materialization
+    out[mat.asset_key.to_user_string()] = {
+        k: v.value for k, v in mat.metadata.items() if isinstance(v.value, int | float)
+    }
+print(json.dumps(out))
+"""
+
+
+def test_dagster_outcomes_job_records_the_lift_as_numeric_metadata(project: Copy, report) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", OUTCOMES_JOB],
+        cwd=project.root, env=project.env, capture_output=True, text=True, timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "outcomes/fct_campaign_entries" in out
+    lift = out["outcomes/fct_campaign_lift"]
+    assert lift[f"{CAMPAIGN}/lift"] == pytest.approx(0.5)
+    assert lift[f"{CAMPAIGN}/conversion_treatment"] == pytest.approx(0.7)
+    assert lift[f"{CAMPAIGN}/conversion_holdout"] == pytest.approx(0.2)
+    assert lift[f"{CAMPAIGN}/matured_holdout"] == 10
