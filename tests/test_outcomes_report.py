@@ -194,6 +194,9 @@ def test_only_the_treatment_group_is_mailed(project: Copy, report) -> None:
     held = {e for e, s, r in rows if (s, r) == ("skipped", "holdout")}
     assert held == set(HELD) | {u for u in YOUNG if holdout(u)}
     assert {s for e, s, _ in rows if e not in held} == {"sent"}
+    status = json.loads(project.nudge("status", "--json").stdout)
+    (mine,) = [c for c in status["campaigns"] if c["campaign"] == CAMPAIGN]
+    assert mine["holdout"] == {"share": SHARE, "entries": len(held)}
 
 
 def test_report_json_counts_and_lift_as_constructed(report) -> None:
