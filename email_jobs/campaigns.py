@@ -7,6 +7,7 @@ campaigns with their templates checked against the cohort's columns.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -22,6 +23,23 @@ class Step:
 
     template: str
     delay_days: float = 0
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What counts as the campaign working for an entry (contract, "Holdouts and goals").
+
+    `model` names a dbt model with `entity_id, converted_at` (its `relation`, resolved from the
+    manifest); None is the default goal: the member left the cohort. An entry converted when the
+    first conversion after its instant is at most `within_days` after it."""
+
+    model: str | None = None
+    within_days: float = 14
+    relation: str = ""
+
+    @property
+    def exit(self) -> bool:
+        return self.model is None
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,10 @@ class Campaign:
     enabled: bool = True
     enabled_by: str = "yml"
     description: str = ""
+    # The share of entries held out as a control group (skipped(holdout)), and the goal the
+    # report measures conversion by.
+    holdout_share: float = 0
+    goal: Goal = field(default_factory=Goal)
     dbt_unique_id: str = ""
     # "model 'cohort_x' (models/cohorts/x.yml)", for error messages
     declared_at: str = field(default="", compare=False)
@@ -84,8 +106,11 @@ KNOWN_KEYS = frozenset(
         "steps",
         "recipients",
         "enabled",
+        "holdout_share",
+        "goal",
     }
 )
+MAX_HOLDOUT_SHARE = 0.5  # more than half held out would starve the campaign it measures
 # The operator's switch: campaigns turned on over their yml's `enabled: false`.
 ENABLED_CAMPAIGNS_ENV = "NUDGE_ENABLED_CAMPAIGNS"
 
@@ -261,10 +286,76 @@ def _campaign(
         columns=columns,
         enabled=enabled,
         description=str(description),
+        holdout_share=_number(
+            entry.get("holdout_share", 0), "holdout_share", where, maximum=MAX_HOLDOUT_SHARE
+        ),
+        goal=_goal(entry.get("goal"), where),
         dbt_unique_id=node.get("unique_id", ""),
         declared_at=_where(node),
         extra={k: v for k, v in entry.items() if k not in KNOWN_KEYS},
     )
+
+
+GOAL_KEYS = frozenset({"model", "exit", "within_days"})
+DEFAULT_GOAL_DAYS = 14
+
+
+def _goal(raw: Any, where: str) -> Goal:
+    """`goal: {model: <dbt model>, within_days: N}` or `{exit: true, within_days: N}`; absent:
+    the member left the cohort within 14 days. The model's relation is resolved by
+    `resolve_goals` once every node is known."""
+    if raw is None:
+        return Goal()
+    if not isinstance(raw, dict):
+        raise CampaignError(
+            f"{where}: goal must be a mapping {{model: <dbt model>, within_days: N}} or "
+            f"{{exit: true, within_days: N}}, got {raw!r}"
+        )
+    unknown = set(raw) - GOAL_KEYS
+    if unknown:
+        raise CampaignError(
+            f"{where}: goal has unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+            "(allowed: model, exit, within_days)"
+        )
+    days = _number(raw.get("within_days", DEFAULT_GOAL_DAYS), "goal.within_days", where)
+    if days <= 0:
+        raise CampaignError(f"{where}: goal.within_days must be more than 0, got {days!r}")
+    model, exit_ = raw.get("model"), raw.get("exit")
+    if exit_ is not None and not isinstance(exit_, bool):
+        raise CampaignError(f"{where}: goal.exit must be true or false, got {exit_!r}")
+    if model is None:
+        if exit_ is False:
+            raise CampaignError(f"{where}: goal.exit: false needs a goal.model")
+        return Goal(within_days=days)
+    if exit_:
+        raise CampaignError(f"{where}: goal has both model and exit: true; choose one")
+    if not isinstance(model, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", model):
+        raise CampaignError(f"{where}: goal.model must be a dbt model name, got {model!r}")
+    return Goal(model=model, within_days=days)
+
+
+def resolve_goals(campaigns: list[Campaign], nodes: dict[str, Any]) -> list[Campaign]:
+    """Each goal model's relation from the manifest; a model the project lacks is an error that
+    lists the goal models it has."""
+    models = {
+        n.get("name"): n
+        for n in nodes.values()
+        if n.get("resource_type") == "model" and n.get("relation_name")
+    }
+    out: list[Campaign] = []
+    for c in campaigns:
+        if c.goal.model is None:
+            out.append(c)
+            continue
+        node = models.get(c.goal.model)
+        if node is None:
+            known = sorted(n for n in models if n.startswith("goal_"))
+            raise CampaignError(
+                f"{c.declared_at}, campaign {c.name!r}: goal.model {c.goal.model!r} is not a "
+                f"model of the dbt project (goal models: {', '.join(known) or 'none'})"
+            )
+        out.append(replace(c, goal=replace(c.goal, relation=node["relation_name"])))
+    return out
 
 
 def _check_recipients(recipients: Any, entity: str, contacts_relation: str, where: str) -> None:
@@ -352,6 +443,7 @@ def read_campaigns(
                 )
             seen[campaign.name] = campaign.cohort
             campaigns.append(campaign)
+    campaigns = resolve_goals(campaigns, nodes)
     campaigns = apply_switches(campaigns, enabled_campaigns() if enable is None else enable)
     log.info(
         "read %d campaign(s) from the dbt manifest, %d enabled",

@@ -9,9 +9,11 @@ what they decide. So every rule of the contract's "Emails: only to newly entered
 - who is an entry: `who_entered` (the diff against the previous evaluation; a baseline enters
   no one);
 - why an entry is skipped, in the contract's order: `skip_reason`, `SKIP_ORDER`;
-- one email per address per instant (`duplicate_address`): `decide_entries`;
+- the control group (`holdout`, the stable hash of email_jobs.holdout) and one email per address
+  per instant (`duplicate_address`): `decide_entries`;
 - holds (broken export, blast radius): `decide_holds`;
-- which drip step is due: `due_step`, and its skip or hold: `decide_step`;
+- which drip step is due: `due_step`, whether the campaign's goal stops it: `goal_met`, and its
+  skip or hold: `decide_step`;
 - the frequency cap's partition of claimed candidates into take and defer: `cap_partition`;
 - the suppression list's cut of claimed rows: `screen_rows`.
 """
@@ -25,11 +27,20 @@ from typing import Any
 
 from email_jobs.addresses import normalize_address
 from email_jobs.guards import blast_radius_reason
+from email_jobs.holdout import HOLDOUT_REASON, in_holdout
 from email_jobs.recipients import Recipients, drop_suppressed, dropped_json
 
-# The contract's order: the first that applies is the entry's reason. `duplicate_address` is
-# decided last, among the entries that would otherwise go out.
-SKIP_ORDER = ("stale", "no_email", "invalid_email", "suppressed", "cooldown", "duplicate_address")
+# The contract's order: the first that applies is the entry's reason. `holdout` and then
+# `duplicate_address` are decided last, among the entries that would otherwise go out.
+SKIP_ORDER = (
+    "stale",
+    "no_email",
+    "invalid_email",
+    "suppressed",
+    "cooldown",
+    HOLDOUT_REASON,
+    "duplicate_address",
+)
 SENT = "sent"  # email_jobs.ledger.State.SENT (a StrEnum): a drip step follows a sent one
 
 
@@ -135,6 +146,8 @@ def decide_entries(
     suppressed: Collection[str],
     cooling: Collection[str],
     addressed: Collection[str],
+    campaign: str = "",
+    holdout_share: float = 0,
 ) -> list[Decision]:
     """One decision per entry whose key is not in `recorded` (decided by an earlier evaluation
     of this instant), in the given order.
@@ -143,7 +156,12 @@ def decide_entries(
     cooldown; `addressed`: lower-cased addresses that already have an entry at this instant that
     went or will go out. One address on several profiles that enter together gets one email:
     the first entry (callers pass them by entity id) keeps it, the others are
-    skipped(duplicate_address)."""
+    skipped(duplicate_address).
+
+    The holdout (`holdout_share` of the campaign's members, by email_jobs.holdout's stable hash
+    of `campaign` and entity) is drawn only from entries that would otherwise go out (after
+    every other skip reason), so treatment and holdout come from the same population and a
+    member who could not be mailed anyway is no control. A held-out entry claims no address."""
     taken = set(addressed)
     decisions: list[Decision] = []
     for e in entered:
@@ -159,7 +177,9 @@ def decide_entries(
         )
         first = kept.to[0] if kept.to else None
         address = (first or normalize_address(e.email) or "").lower()
-        if reason is None and address in taken:
+        if reason is None and in_holdout(campaign, e.entity_id, holdout_share):
+            reason = HOLDOUT_REASON
+        elif reason is None and address in taken:
             reason = "duplicate_address"
         elif reason is None:
             taken.add(address)
@@ -250,6 +270,13 @@ def due_step(
     if previous_state != SENT or previous_eval == evaluation_id:
         return None
     return step
+
+
+def goal_met(conversions: Iterable[datetime], *, entry_as_of: datetime, end: datetime) -> bool:
+    """Did the member meet the campaign's goal after its entry (a conversion instant in
+    (entry_as_of, end])? Then its drip has done its work and stops. A held-out entry is never
+    sent, so its drip never starts."""
+    return any(entry_as_of < t <= end for t in conversions)
 
 
 def decide_step(

@@ -8,7 +8,9 @@ row for it (key `campaign|entity|E|k`) when all of these hold:
 - the member is in the cohort now and was in it at every evaluation of the campaign since E
   (a user who activates leaves `not_activated`, and the rest of its drip is never sent);
 - step k - 1 was sent (skipped or failed ends the drip; pending, held or unknown wait), and was
-  recorded by an earlier evaluation: one step per entry per evaluation instant.
+  recorded by an earlier evaluation: one step per entry per evaluation instant;
+- the campaign's goal was not met since the entry: with a goal model, no `converted_at` of the
+  entity in (E, now] (a held-out entry is never sent, so its drip never starts).
 
 Everything is decided from evaluation instants and the ledger, never the wall clock, so a replay
 decides the same way. A stale evaluation (a backfill) records no drip steps: the evaluations at the
@@ -28,7 +30,7 @@ from typing import Any
 
 from email_jobs import store
 from email_jobs.campaigns import Campaign
-from email_jobs.decisions import decide_step, due_step
+from email_jobs.decisions import decide_step, due_step, goal_met
 from email_jobs.guards import GuardInputs
 from email_jobs.ledger import NewEntry, entry_row, ledger_key
 from email_jobs.recipients import message_recipients
@@ -64,6 +66,13 @@ def due_step_entries(
     ):
         entries[(entity_id, entry_as_of)][step] = (state, eval_id)
     delays = [s.delay_days for s in campaign.steps]
+    # The goal model's conversions; none for the default goal (leaving the cohort, which the
+    # membership check below already stops the drip on).
+    conversions = (
+        store.goal_conversions(wh, wh.relation(campaign.goal.relation), since, end)
+        if campaign.goal.relation
+        else {}
+    )
 
     suppressed: set[str] | None = None
     result: list[NewEntry] = []
@@ -82,6 +91,8 @@ def due_step_entries(
             wh, campaign.name, entity_id, entry_as_of, end
         ):
             continue  # left the cohort: the drip stops here
+        if goal_met(conversions.get(entity_id, ()), entry_as_of=entry_as_of, end=end):
+            continue  # the goal was met after the entry: the drip has done its work
         if suppressed is None:
             suppressed = store.suppressed_emails(wh)
         row = members[entity_id]

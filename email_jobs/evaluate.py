@@ -279,6 +279,8 @@ def _decide(
         suppressed=store.suppressed_emails(wh),
         cooling=cooldown_blockers(wh, name, end - cooldown, end + cooldown, exclude_as_of=end),
         addressed=addresses_at(wh, name, end, STEP),
+        campaign=name,
+        holdout_share=campaign.holdout_share,
     )
     return decide_holds(
         decisions,

@@ -42,6 +42,7 @@ from typing import Any
 from email_jobs import store
 from email_jobs.campaigns import Campaign
 from email_jobs.decisions import Decision, cap_partition, screen_rows
+from email_jobs.holdout import HOLDOUT_REASON
 from email_jobs.recipients import message_recipients
 from email_jobs.store import (
     ClaimedRow,
@@ -86,6 +87,9 @@ INITIAL_STATES = frozenset({State.PENDING, State.SKIPPED, State.HELD})
 FINAL_STATES = frozenset({State.SENT, State.FAILED, State.SKIPPED})
 # States that do not start a re-entry cooldown: nothing went out and nothing will.
 NO_COOLDOWN_STATES = frozenset({State.SKIPPED, State.FAILED})
+# Skipped entries that start one all the same: a held-out entry starts a cooldown as a send
+# would, so that the holdout and the emailed group re-enter on one rhythm.
+COOLDOWN_SKIP_REASONS = frozenset({HOLDOUT_REASON})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.CLAIMED, State.SKIPPED}),
@@ -213,9 +217,18 @@ def insert_entries(wh: Warehouse, entries: Iterable[NewEntry], chunk: int = 200)
 def cooldown_blockers(
     wh: Warehouse, campaign: str, low: datetime, high: datetime, exclude_as_of: datetime
 ) -> set[str]:
-    """Entities with a row that started a cooldown (not skipped/failed) and an entry instant
+    """Entities with a row that started a cooldown (not skipped/failed, but a held-out entry
+    starts one as a send would, so both groups re-enter on one rhythm) and an entry instant
     strictly inside (low, high), other than entries at `exclude_as_of` itself."""
-    return store.cooldown_blockers(wh, campaign, low, high, exclude_as_of, NO_COOLDOWN_STATES)
+    return store.cooldown_blockers(
+        wh,
+        campaign,
+        low,
+        high,
+        exclude_as_of,
+        NO_COOLDOWN_STATES,
+        skipped_reasons=COOLDOWN_SKIP_REASONS,
+    )
 
 
 def addresses_at(wh: Warehouse, campaign: str, entry_as_of: datetime, step: int) -> set[str]:

@@ -94,6 +94,17 @@ def _ledger_counts(wh: Warehouse) -> dict[str, dict[str, int]]:
     return counts
 
 
+def _holdout_counts(wh: Warehouse) -> dict[str, int]:
+    """Held-out entries per campaign (within `skipped`; they are the control group)."""
+    if not wh.table_exists("nudge", "send_ledger"):
+        return {}
+    rows = wh.fetchall(
+        "select campaign, count(*) from nudge.send_ledger "
+        "where state = 'skipped' and reason = 'holdout' group by campaign"
+    )
+    return {c: int(n) for c, n in rows}
+
+
 SAMPLE = 20  # ledger keys listed per campaign for rows that need a look
 
 
@@ -136,6 +147,7 @@ def _last_failure(wh: Warehouse) -> dict[str, Any] | None:
 def collect_status(wh: Warehouse, campaigns: Sequence[Campaign]) -> dict[str, Any]:
     evaluations = _last_evaluations(wh)
     ledger = _ledger_counts(wh)
+    held_out = _holdout_counts(wh)
     attention = _attention(wh)
     out_campaigns = []
     for campaign in campaigns:
@@ -153,6 +165,10 @@ def collect_status(wh: Warehouse, campaigns: Sequence[Campaign]) -> dict[str, An
                 "last_evaluation": to_iso(last["as_of"]) if last else None,
                 "last_evaluation_kind": last["kind"] if last else None,
                 "sends": {str(s): by_state.get(s, 0) for s in SEND_STATES},
+                "holdout": {
+                    "share": campaign.holdout_share,
+                    "entries": held_out.get(campaign.name, 0),
+                },
                 **attention.get(
                     campaign.name, {"pending_reasons": {}, "retrying": [], "unknown": []}
                 ),

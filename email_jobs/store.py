@@ -282,17 +282,24 @@ def cooldown_blockers(
     high: datetime,
     exclude_as_of: datetime,
     no_cooldown_states: Iterable[str],
+    *,
+    skipped_reasons: Iterable[str] = (),
 ) -> set[str]:
-    """Entities with a row not in `no_cooldown_states` and an entry instant strictly inside
-    (low, high), other than entries at `exclude_as_of` itself."""
+    """Entities with a row not in `no_cooldown_states`, or skipped with one of
+    `skipped_reasons`, and an entry instant strictly inside (low, high), other than entries at
+    `exclude_as_of` itself."""
     states = sorted(str(s) for s in no_cooldown_states)
+    reasons = sorted(str(r) for r in skipped_reasons)
+    also = (
+        f" or (state = 'skipped' and reason in ({placeholders(len(reasons))}))" if reasons else ""
+    )
     rows = wh.fetchall(
         f"""
         select distinct entity_id from nudge.send_ledger
         where campaign = ? and entry_as_of > ? and entry_as_of < ? and entry_as_of <> ?
-          and state not in ({placeholders(len(states))})
+          and (state not in ({placeholders(len(states))}){also})
         """,
-        [campaign, low, high, exclude_as_of, *states],
+        [campaign, low, high, exclude_as_of, *states, *reasons],
     )
     return {r[0] for r in rows}
 
@@ -329,6 +336,23 @@ def drip_rows(
         [campaign, since, end],
     )
     return [(e, a, int(s), st, ev) for e, a, s, st, ev in rows]
+
+
+def goal_conversions(
+    wh: Warehouse, relation: str, since: datetime, end: datetime
+) -> dict[str, list[datetime]]:
+    """Per entity, the conversion instants in (since, end] of a goal model (`entity_id,
+    converted_at`). `relation` is a quoted relation name from dbt's manifest (Warehouse.relation
+    of a campaign's goal), never a person's text."""
+    rows = wh.fetchall(
+        f"select cast(entity_id as varchar), converted_at from {relation} "
+        "where converted_at > ? and converted_at <= ?",
+        [since, end],
+    )
+    out: dict[str, list[datetime]] = {}
+    for entity_id, converted_at in rows:
+        out.setdefault(entity_id, []).append(converted_at)
+    return out
 
 
 def rows_with_drops(wh: Warehouse, keys: Sequence[str]) -> set[str]:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from dbt.cli.main import dbtRunner, dbtRunnerResult
 
+from email_jobs.ledger import ensure_schema
 from nudge.core.settings import Settings
 from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest.schema import DDL
@@ -315,6 +316,8 @@ class Outcome:
 def run_scenario(target: Target, work: Path) -> Outcome:
     with connect(target.settings) as wh, wh.transaction():
         load_first_batch(wh)
+    with connect(target.settings) as wh:
+        ensure_schema(wh)  # the nudge.* tables the outcome models read
     results = dbt_subprocess(["build"], target, work)
     unit_tests = [r for r in results if r["unique_id"].startswith("unit_test.")]
     assert len(unit_tests) >= 6

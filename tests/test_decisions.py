@@ -21,6 +21,7 @@ from email_jobs.decisions import (
     skip_reason,
     who_entered,
 )
+from email_jobs.holdout import in_holdout
 from email_jobs.recipients import Recipients
 
 END = datetime(2026, 3, 1)
@@ -113,6 +114,26 @@ def test_deciding_again_with_what_was_recorded_decides_nothing_new(entered, kw):
         entered, recorded={d.key for d in first}, **{**kw, "addressed": addressed}
     )
     assert again == []
+
+
+@given(entries(), inputs, st.sampled_from([0.25, 0.5]))
+def test_the_holdout_is_drawn_after_every_other_skip_reason_and_claims_no_address(
+    entered, kw, share
+):
+    held = decide_entries(entered, recorded=(), **kw, campaign="c", holdout_share=share)
+    drawn = set()
+    for e, d in zip(entered, held, strict=True):
+        expected = expected_reason(e, kw["stale"], kw["suppressed"], kw["cooling"])
+        if expected is not None:
+            assert d.skip == expected
+        elif in_holdout("c", e.entity_id, share):
+            assert d.skip == "holdout" and d.dropped == ()
+            drawn.add(e.key)
+        else:
+            assert d.skip in (None, "duplicate_address")
+    # The others decide as if the held-out entries had not entered: they take no address.
+    rest = decide_entries([e for e in entered if e.key not in drawn], recorded=(), **kw)
+    assert [d for d in held if d.key not in drawn] == rest
 
 
 def test_the_first_entity_by_id_keeps_a_shared_address():

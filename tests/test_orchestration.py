@@ -44,10 +44,19 @@ def test_definitions_load_with_every_job_schedule_and_sensor(dbt_manifest) -> No
         "landing_files",
         "send_after_evaluation",
         "record_run_failures",
+        "outcomes_after_send",
     }
     keys = {k.to_user_string() for k in d.resolve_all_asset_keys()}
     assert {"raw/events", "raw/users", "raw/companies"} <= keys
     assert {"evaluations/too_many_4xx_7d", "sends/too_many_4xx_7d"} <= keys
+    # Did it work: the outcomes follow every campaign's sends.
+    graph = d.resolve_asset_graph()
+    entries = graph.get(dg.AssetKey(["outcomes", "fct_campaign_entries"]))
+    assert {"sends/too_many_4xx_7d", "sends/not_activated_7d"} <= {
+        k.to_user_string() for k in entries.parent_keys
+    }
+    lift = graph.get(dg.AssetKey(["outcomes", "fct_campaign_lift"]))
+    assert {k.to_user_string() for k in lift.parent_keys} == {"outcomes/fct_campaign_entries"}
 
 
 def test_an_instant_belongs_to_the_day_it_closes() -> None:

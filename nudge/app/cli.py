@@ -178,6 +178,39 @@ def cmd_diff_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from nudge.app.outcomes import make_report, report_json
+    from nudge.app.report_text import format_report
+    from nudge.core.dbt_project import MANIFEST, ensure_manifest
+    from nudge.core.instant import parse_as_of
+
+    settings = command_settings()
+    ensure_manifest()
+    from orchestration.defs.email.campaigns import manifest_campaigns
+
+    names = [c.name for c in manifest_campaigns()]
+    if args.campaign and args.campaign not in names:
+        print(
+            f"nudge: no campaign {args.campaign!r} (campaigns: {', '.join(names) or 'none'})",
+            file=sys.stderr,
+        )
+        return 2
+    manifest = json.loads(MANIFEST.read_text())
+    as_of = parse_as_of(args.as_of) if args.as_of else None
+    report = make_report(settings, [args.campaign] if args.campaign else names, manifest, as_of)
+    if args.html:
+        from email_jobs.report_html import render_html
+
+        Path(args.html).write_text(render_html(report.data, report.lift), encoding="utf-8")
+    if args.json:
+        print(report_json(report))
+    else:
+        print(format_report(report.data))
+        if args.html:
+            print(f"charts: {args.html}")
+    return 0
+
+
 def _operator() -> str:
     """Who runs this command, for the suppression list's records."""
     import getpass
@@ -302,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("serve", cmd_serve, "the unsubscribe and delivery-event web service")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8080)
+
+    sp = add("report", cmd_report, "funnel, conversion and lift (holdout vs emailed) per campaign")
+    sp.add_argument("campaign", nargs="?", help="one campaign (default: every campaign)")
+    sp.add_argument("--as-of", help="as of the campaigns' latest evaluation at this instant")
+    sp.add_argument("--json", action="store_true", help='one object: {"campaigns": [...]}')
+    sp.add_argument("--html", metavar="FILE", help="also write a page with charts to FILE")
 
     sp = add(
         "status", cmd_status, "campaigns, cohort sizes, last evaluation, ledger and ingest counts"

@@ -7,7 +7,8 @@ from orchestration.defs.shared.tags import SENDER_TAGS, WRITER_TAGS
 
 evaluate_job = dg.define_asset_job(
     "nudge_evaluate",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.key_prefixes(["sends"]),
+    # Not the outcomes either: they follow the sends (orchestration/defs/email/outcomes.py).
+    selection=dg.AssetSelection.all() - dg.AssetSelection.key_prefixes(["sends"], ["outcomes"]),
     description="For day D: ingest dt=D and the profiles, build the dbt models and evaluate every "
     "campaign's cohort at the end of D (or at the run's nudge/as_of tag).",
     executor_def=dg.in_process_executor,

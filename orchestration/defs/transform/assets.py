@@ -30,6 +30,7 @@ from orchestration.defs.shared.resources import NudgeResource
 DBT_PROJECT.prepare_if_dev()
 
 OWNERS = ["team:data"]
+OUTCOMES_SELECTION = "tag:nudge_outcomes"
 
 
 class NudgeDbtTranslator(DagsterDbtTranslator):
@@ -67,6 +68,9 @@ def dbt_build_args() -> list[str]:
     manifest=DBT_PROJECT.manifest_path,
     project=DBT_PROJECT,
     dagster_dbt_translator=NudgeDbtTranslator(),
+    # The outcome models read what evaluations and sends recorded: they are built after the
+    # sends, by their own asset (orchestration/defs/email/outcomes.py).
+    exclude=OUTCOMES_SELECTION,
     # Cohorts are built as of one instant: each day of a backfill is its own `dbt build`.
     partitions_def=days,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),

@@ -1,0 +1,157 @@
+"""Did it work? The outcome models (dbt tag nudge_outcomes) as assets downstream of the sends.
+
+`sends/<campaign>` -> `outcomes/fct_campaign_entries` -> `outcomes/fct_campaign_lift`. They are
+built in their own `dbt build` after a send run (the sensor below), never in the evaluation's
+build: they read what evaluations and sends recorded. The lift materialization carries each
+campaign's conversion and lift as numeric metadata, which the UI plots across runs.
+
+fct_campaign_entries reads nudge.email_events: what `nudge serve` stored (Postgres) or spooled
+(DuckDB; loaded here first, as the evaluation does, so the outcomes count it).
+"""
+
+import shutil
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DbtCliResource, DbtProject, dbt_assets
+
+from email_jobs.campaigns import Campaign
+from email_jobs.event_spool import load_spool
+from email_jobs.ledger import ensure_schema
+from email_jobs.report import build_report, read_entries
+from nudge.core.dbt_project import (
+    AS_OF_VARIABLE,
+    DBT_PROJECT,
+    dbt_environment,
+    keep_partial_parse,
+)
+from nudge.core.settings import dbt_env
+from nudge.core.warehouse import writer_lock
+from orchestration.defs.email.assets import sends_key
+from orchestration.defs.email.campaigns import manifest_campaigns
+from orchestration.defs.email.jobs import send_job
+from orchestration.defs.shared.resources import NudgeResource
+from orchestration.defs.shared.tags import WRITER_TAGS
+from orchestration.defs.transform.assets import OUTCOMES_SELECTION, NudgeDbtTranslator
+
+OUTCOMES_PREFIX = "outcomes"
+ENTRIES_MODEL = "fct_campaign_entries"
+LIFT_MODEL = "fct_campaign_lift"
+
+
+class OutcomesTranslator(NudgeDbtTranslator):
+    """Outcome models under `outcomes/`, in group `email`; the entries follow the sends."""
+
+    def __init__(self, upstream: list[dg.AssetKey]) -> None:
+        super().__init__()
+        self.upstream = upstream
+
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        node = manifest.get("nodes", {}).get(unique_id) or {}
+        if node.get("resource_type") != "model" or "nudge_outcomes" not in (node.get("tags") or []):
+            return spec
+        spec = spec.replace_attributes(
+            key=dg.AssetKey([OUTCOMES_PREFIX, node["name"]]), group_name="email"
+        )
+        if node["name"] == ENTRIES_MODEL:
+            spec = spec.merge_attributes(deps=self.upstream)
+        return spec
+
+
+def lift_metadata(report: dict[str, Any]) -> dict[str, Any]:
+    """Per campaign: conversion per group, lift and its interval (floats the UI plots), and
+    the matured group sizes."""
+    out: dict[str, Any] = {}
+    for c in report["campaigns"]:
+        name, conv = c["campaign"], c["conversion"]
+        for key in ("treatment", "holdout", "lift", "ci_low", "ci_high"):
+            if conv[key] is not None:
+                label = key if key.startswith(("lift", "ci")) else f"conversion_{key}"
+                out[f"{name}/{label}"] = dg.MetadataValue.float(float(conv[key]))
+        out[f"{name}/matured_treatment"] = dg.MetadataValue.int(conv["matured_treatment"])
+        out[f"{name}/matured_holdout"] = dg.MetadataValue.int(conv["matured_holdout"])
+    return out
+
+
+def build_outcomes_asset(campaigns: list[Campaign]) -> dg.AssetsDefinition:
+    @dbt_assets(
+        manifest=DBT_PROJECT.manifest_path,
+        project=DBT_PROJECT,
+        select=OUTCOMES_SELECTION,
+        name="nudge_outcome_models",
+        dagster_dbt_translator=OutcomesTranslator([sends_key(c) for c in campaigns]),
+    )
+    def nudge_outcome_models(
+        context: dg.AssetExecutionContext, dbt: DbtCliResource, nudge: NudgeResource
+    ) -> Iterator[Any]:
+        settings = nudge.settings()
+        with nudge.warehouse() as wh:
+            ensure_schema(wh)
+            load_spool(wh, settings)  # what `nudge serve` spooled (DuckDB) counts here
+        # dbt holds the DuckDB file while it runs: the lift is read after it exits, and the
+        # lift model's materialization is yielded then, with it as metadata. The step hands dbt
+        # the profile's variables itself, and no instant: the outcomes are as of the campaigns'
+        # latest evaluation.
+        with writer_lock(settings), dbt_environment({**dbt_env(settings), AS_OF_VARIABLE: ""}):
+            invocation = dbt.cli(["build", "--exclude-resource-type", "unit_test"], context=context)
+            events = list(invocation.stream())
+        keep_partial_parse(invocation.target_path, DBT_PROJECT.project_dir / "target")
+        lift_key = dg.AssetKey([OUTCOMES_PREFIX, LIFT_MODEL])
+        relation = next(
+            (
+                n["relation_name"]
+                for n in invocation.manifest.get("nodes", {}).values()
+                if n.get("name") == ENTRIES_MODEL
+            ),
+            None,
+        )
+        metadata: dict[str, Any] = {}
+        if relation:
+            with nudge.warehouse() as wh:
+                report = build_report([c.name for c in campaigns], read_entries(wh, relation))
+            metadata = lift_metadata(report)
+        for event in events:
+            if isinstance(event, dg.Output) and (
+                context.assets_def.keys_by_output_name.get(event.output_name) == lift_key
+            ):
+                event = event.with_metadata({**event.metadata, **metadata})
+            yield event
+        # Each invocation writes its own target folder: keep none (as the cohorts' build does).
+        shutil.rmtree(invocation.target_path, ignore_errors=True)
+
+    return nudge_outcome_models
+
+
+outcomes_job = dg.define_asset_job(
+    "nudge_outcomes",
+    selection=dg.AssetSelection.key_prefixes([OUTCOMES_PREFIX]),
+    description="Build the outcome models (entries, conversion, lift) from the ledger and goals.",
+    executor_def=dg.in_process_executor,
+    tags=WRITER_TAGS,
+)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[send_job],
+    request_job=outcomes_job,
+    description="After a send run succeeds, rebuild the outcomes.",
+)
+def outcomes_after_send(context: dg.RunStatusSensorContext) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"outcomes-after-{context.dagster_run.run_id}")
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    campaigns = manifest_campaigns()
+    if not campaigns:
+        return dg.Definitions()
+    return dg.Definitions(
+        assets=[build_outcomes_asset(campaigns)],
+        jobs=[outcomes_job],
+        sensors=[outcomes_after_send],
+    )
