@@ -21,7 +21,7 @@ at the template's top level.
 A template that breaks a rule keeps per-message inlining. As a safety net, the first message of
 each template in a process is rendered both ways and compared (after an lxml round trip, which
 evens out entity spellings); a difference turns precompiling off for that template, with a
-warning. tests/test_render_precompile.py checks the equality on the seed templates.
+warning. tests/email/test_render_precompile.py checks the equality on the seed templates.
 """
 
 from __future__ import annotations

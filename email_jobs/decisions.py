@@ -4,7 +4,7 @@ Nothing here reads the warehouse, the clock or the settings: email_jobs.evaluate
 email_jobs.drips and email_jobs.ledger fetch what these functions need, call them, and store
 what they decide. So every rule of the contract's "Emails: only to newly entered members",
 "Guards" (holds) and the frequency cap is decided here, and tested here directly
-(tests/test_decisions.py).
+(tests/email/test_decisions.py).
 
 - who is an entry: `who_entered` (the diff against the previous evaluation; a baseline enters
   no one);

@@ -1,9 +1,9 @@
 """A test hook that kills this process at a named point of the send path.
 
-`NUDGE_FAULT_KILL_AT="after_accept:17"` sends SIGKILL to this process the 17th time the send
-path passes the point `after_accept` (counted across threads). It exists for the fault-injection
-tests (tests/test_fault_injection.py), which prove that no kill point sends an entry twice. Unset
-(always, outside those tests), `fault_point` is one global read and a comparison.
+`NUDGE_FAULT_KILL_AT="after_accept:17"` sends SIGKILL to this process the 17th time the send path
+passes the point `after_accept` (counted across threads). It exists for the fault-injection tests
+(tests/delivery/test_fault_injection.py), which prove that no kill point sends an entry twice.
+Unset (always, outside those tests), `fault_point` is one global read and a comparison.
 
 Points, in the order a row meets them (email_jobs/send.py):
     before_claim   a batch is about to be claimed (nothing committed yet)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a Postgres server (skipped off CI when absent), a current dbt manifest."""
+"""Shared fixtures: a Postgres server (skipped off CI when absent), a warehouse of either engine,
+a current dbt manifest."""
 
 from __future__ import annotations
 
@@ -71,3 +72,26 @@ def dbt_manifest() -> None:
     from nudge.core.dbt_project import ensure_manifest
 
     ensure_manifest()
+
+
+# Tests that take `warehouse_url` (or `wh`) run once per engine; the Postgres one carries the
+# `postgres` marker.
+ENGINES = ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=ENGINES)
+def warehouse_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A new, empty warehouse: a DuckDB file in tmp_path, or a fresh Postgres database."""
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path}/wh.duckdb"
+    return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture
+def wh(warehouse_url: str):
+    """An open connection to `warehouse_url` (settings from nothing but that URL)."""
+    from nudge.core.settings import Settings
+    from nudge.core.warehouse import connect
+
+    with connect(Settings(warehouse=warehouse_url, _env_file=None)) as w:
+        yield w

@@ -1,6 +1,6 @@
 """A hand-built landing folder with users on each side of every cohort boundary.
 
-The acceptance scenario of the spine (see tests/test_acceptance.py): evaluations at the end of
+The acceptance scenario of the spine (see tests/e2e/test_acceptance.py): evaluations at the end of
 2026-03-10 (baseline), 03-11 (twice), 03-12, 03-19 and 03-20, with dump folders landing day by day
 as they would in production.
 """
@@ -187,3 +187,30 @@ def land_until(landing: Path, last: date, first: date = FIRST_DAY) -> None:
         if not (landing / "events" / f"dt={d.isoformat()}").exists():
             land_day(landing, d)
         d += timedelta(days=1)
+
+
+# -- what the acceptance run sends ------------------------------------------------------------
+
+Email = tuple[str, str, str, str]  # (to, cc, campaign, entity)
+
+# Evaluation day -> the emails that evaluation sends (cumulative sets are compared).
+EXPECTED: list[tuple[date, set[Email]]] = [
+    (date(2026, 3, 10), set()),  # baseline of both campaigns: sends nothing
+    (
+        date(2026, 3, 11),
+        {
+            ("ua.in@acme.example", "", "not_activated_7d", "ua_in"),
+            ("ux.1000@acme.example", SE, "too_many_4xx_7d", "ux_1000"),
+        },
+    ),
+    (date(2026, 3, 11), set()),  # the same evaluation again: nothing twice
+    (
+        date(2026, 3, 12),
+        {
+            ("ua.edge@acme.example", "", "not_activated_7d", "ua_edge"),
+            ("ux.late@beta.example", "", "too_many_4xx_7d", "ux_late"),
+        },
+    ),
+    (date(2026, 3, 19), set()),  # a week later: ux_1000 and ux_late have left
+    (date(2026, 3, 20), set()),  # ux_1000 re-enters 9 days after its email: cooldown
+]

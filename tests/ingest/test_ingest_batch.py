@@ -19,7 +19,7 @@ from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest import IngestReport, ingest_pending, read_together
 from nudge.ingest import loading as ingest_loading
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def event(tx: str | None, dt: str = "2026-11-27", **extra: object) -> dict:

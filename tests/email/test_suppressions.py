@@ -285,7 +285,7 @@ def test_the_default_cap_is_one_a_day_and_the_send_instant_is_the_evaluations(wh
     the next evaluation, through the real send loop."""
     import functools
 
-    from test_send_loop import ScriptedBackend
+    from support.scripted_backend import ScriptedBackend
 
     from email_jobs.render import render_email
     from email_jobs.send import send_campaign

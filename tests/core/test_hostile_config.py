@@ -13,7 +13,7 @@ from support.net import free_port
 
 from nudge.app.cli import main as nudge
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

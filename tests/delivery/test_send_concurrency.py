@@ -36,7 +36,7 @@ from nudge.core.warehouse import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 API_KEY = "SG.concurrency-test"
 CAMPAIGN = "not_activated_7d"  # a seed campaign of the real dbt project
 AT = datetime(2026, 3, 12)

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SKIP = {".git", ".venv", "data", ".pytest_cache", ".hypothesis", ".ruff_cache", "artifacts"}
 CHROMIUM = Path("/usr/bin/chromium")
 CAMPAIGN = "not_activated_7d"

@@ -20,7 +20,7 @@ from nudge.ingest import loading as ingest_loading
 
 SAMPLES = Path("/work/shared/samples")
 if not SAMPLES.exists():
-    SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+    SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 
 
 def event(tx: str | None, time: str = "2026-11-27T05:20:06.525", **extra: object) -> dict:

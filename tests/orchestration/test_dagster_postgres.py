@@ -16,34 +16,17 @@ from urllib.parse import urlparse
 import dagster as dg
 import pytest
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
-from support.scenario import land_until, write_profiles
-from test_acceptance import EXPECTED
+from support.dagster_instances import DOCKER_DAGSTER_YAML, use_docker_instance
+from support.scenario import EXPECTED, land_until, write_profiles
 
 from nudge.app.cli import main as nudge
 from nudge.core.instant import parse_as_of, to_iso
 
 pytestmark = pytest.mark.postgres
 
-REPO = Path(__file__).resolve().parents[1]
-DOCKER_DAGSTER_YAML = REPO / "docker" / "dagster.yaml"
+REPO = Path(__file__).resolve().parents[2]
 LOCAL_DAGSTER_YAML = REPO / "orchestration" / "dagster.local.yaml"
 WRITER_TAG = "nudge/warehouse_writer"
-
-
-def use_docker_instance(
-    monkeypatch: pytest.MonkeyPatch, home: Path, database_url: str
-) -> dg.DagsterInstance:
-    """DAGSTER_HOME = `home` holding a copy of docker/dagster.yaml, DAGSTER_PG_* = the database."""
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(DOCKER_DAGSTER_YAML, home / "dagster.yaml")
-    url = urlparse(database_url)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_PG_HOST", url.hostname or "127.0.0.1")
-    monkeypatch.setenv("DAGSTER_PG_PORT", str(url.port or 5432))
-    monkeypatch.setenv("DAGSTER_PG_USERNAME", url.username or "postgres")
-    monkeypatch.setenv("DAGSTER_PG_PASSWORD", url.password or "")
-    monkeypatch.setenv("DAGSTER_PG_DB", url.path.strip("/"))
-    return dg.DagsterInstance.get()
 
 
 def tag_limits(instance: dg.DagsterInstance) -> list[dict]:

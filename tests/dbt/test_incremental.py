@@ -26,7 +26,7 @@ from synthetic.generate import generate
 
 pytestmark = pytest.mark.integration
 
-DBT_PROJECT = Path(__file__).resolve().parents[1] / "dbt_project"
+DBT_PROJECT = Path(__file__).resolve().parents[2] / "dbt_project"
 ROLLUPS = ("fct_user_daily_activity", "fct_user_daily_endpoint_status", "fct_hourly_event_volume")
 START = date(2026, 3, 1)
 DAYS = 10

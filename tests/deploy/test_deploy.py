@@ -31,7 +31,7 @@ from support.net import free_port
 
 from nudge.core.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.postgres
 
 SAMPLES = Path("/work/shared/samples")
 if not SAMPLES.exists():
-    SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+    SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 PG = os.environ.get("NUDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 

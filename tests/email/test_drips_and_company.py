@@ -72,15 +72,10 @@ def templates(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    url = (
-        f"duckdb:///{tmp_path}/wh.duckdb"
-        if request.param == "duckdb"
-        else request.getfixturevalue("postgres_database")  # tests/conftest.py
-    )
+@pytest.fixture
+def settings(warehouse_url: str, tmp_path: Path) -> Settings:
     return Settings(
-        warehouse=url,
+        warehouse=warehouse_url,
         outbox_dir=tmp_path / "outbox",
         send_concurrency=1,
         _env_file=None,

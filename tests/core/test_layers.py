@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("nudge", "email_jobs", "orchestration", "synthetic")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 

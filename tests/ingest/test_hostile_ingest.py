@@ -1,4 +1,5 @@
-"""Hostile and broken dump files at the ingestion level (issue 7), beyond tests/test_ingest.py.
+"""Hostile and broken dump files at the ingestion level (issue 7), beyond
+tests/ingest/test_ingest.py.
 
 Covered here: gzip streams that break off, files still being written, implausible event times,
 loosely typed values, and a seeded fuzz pass over mutations of the real Moesif samples in which
@@ -22,7 +23,7 @@ from nudge.ingest import IngestReport, file_scan, ingest_pending, landing
 
 SAMPLES = Path("/work/shared/samples")
 if not SAMPLES.exists():
-    SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+    SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 DT = "2026-11-27"  # the samples' day
 
 
@@ -39,17 +40,6 @@ def event(tx: str, time: str = f"{DT}T05:20:06.525", **extra: object) -> dict:
 
 def jsonl(events: list[dict]) -> bytes:
     return "".join(json.dumps(e) + "\n" for e in events).encode()
-
-
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def wh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    url = (
-        f"duckdb:///{tmp_path / 'wh.duckdb'}"
-        if request.param == "duckdb"
-        else request.getfixturevalue("postgres_database")
-    )
-    with connect(load_settings(warehouse=url)) as w:
-        yield w
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from support.net import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "docker-compose.yml"
 UPSTREAM_PAGE = b"<title>Dagster</title> the upstream's own page"

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 import pytest
+from support.warehouse_seed import ingested_dt, seed_events
 
 from email_jobs.campaigns import Campaign
 from email_jobs.evaluate import EvaluationDeferred, evaluate_campaign, skip_reason
@@ -24,7 +25,6 @@ from email_jobs.ledger import (
 from email_jobs.status import collect_status
 from nudge.core.settings import Settings
 from nudge.core.warehouse import Warehouse, connect
-from nudge.ingest.schema import DDL as RAW_DDL
 
 D0 = datetime(2026, 1, 1)
 EVENTS_FROM, EVENTS_TO = datetime(2025, 11, 1), datetime(2026, 4, 1)
@@ -48,45 +48,13 @@ def day(n: float) -> datetime:
 # -- warehouses and data -----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def wh(request: pytest.FixtureRequest, tmp_path) -> Iterator[Warehouse]:
-    """A warehouse with a steady stream of events (so freshness holds) and an empty cohort."""
-    url = (
-        f"duckdb:///{tmp_path}/wh.duckdb"
-        if request.param == "duckdb"
-        else request.getfixturevalue("postgres_database")  # tests/conftest.py
-    )
-    with connect(Settings(warehouse=url, _env_file=None)) as w:
-        seed_events(w, EVENTS_FROM, EVENTS_TO)
-        set_cohort(w, {})
-        yield w
-
-
-def seed_events(wh: Warehouse, start: datetime, stop: datetime, every_hours: float = 6) -> None:
-    with wh.transaction():
-        for stmt in RAW_DDL:
-            wh.execute(stmt)
-    rows, t, i = [], start, 0
-    while t < stop:
-        rows.append((f"e{uuid.uuid4().hex}", t, "u1", "f.jsonl", i, t))
-        t += timedelta(hours=every_hours)
-        i += 1
-    with wh.transaction():  # one multi-row insert: much faster than executemany on DuckDB
-        wh.execute(
-            "insert into raw.events (event_key, request_time, user_id, source_file, source_line, "
-            f"ingested_at) values {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(rows))}",
-            [v for row in rows for v in row],
-        )
-
-
-def ingested_dt(wh: Warehouse, dt: date) -> None:
-    with wh.transaction():
-        wh.execute(
-            "insert into raw.ingested_files (kind, path, dt, size_bytes, mtime, content_hash, "
-            "lines_read, loaded, duplicates, rejected, ingested_at) "
-            "values ('events', ?, ?, 1, 0, 'h', 1, 1, 0, 0, ?)",
-            [f"events/dt={dt}/a.jsonl", dt, D0],
-        )
+@pytest.fixture
+def wh(wh: Warehouse) -> Iterator[Warehouse]:
+    """The shared warehouse (tests/conftest.py) with a steady stream of events (so freshness
+    holds) and an empty cohort."""
+    seed_events(wh, EVENTS_FROM, EVENTS_TO)
+    set_cohort(wh, {})
+    yield wh
 
 
 def set_cohort(wh: Warehouse, members: dict[str, str | None]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from test_evaluate import seed_events
+from support.warehouse_seed import seed_events
 
 from email_jobs.campaigns import Campaign
 from email_jobs.ledger import ensure_schema

@@ -10,42 +10,16 @@ import email
 import email.policy
 import json
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 import pytest
 from support.net import free_port
-from support.scenario import SE, land_until, write_profiles
+from support.scenario import EXPECTED, SE, Email, land_until, write_profiles
 
 from email_jobs.unsubscribe import verify_token
 from nudge.app.cli import main as nudge
 
 pytestmark = pytest.mark.integration
-
-Email = tuple[str, str, str, str]  # (to, cc, campaign, entity)
-
-# Evaluation day -> the emails that evaluation sends (cumulative sets are compared).
-EXPECTED: list[tuple[date, set[Email]]] = [
-    (date(2026, 3, 10), set()),  # baseline of both campaigns: sends nothing
-    (
-        date(2026, 3, 11),
-        {
-            ("ua.in@acme.example", "", "not_activated_7d", "ua_in"),
-            ("ux.1000@acme.example", SE, "too_many_4xx_7d", "ux_1000"),
-        },
-    ),
-    (date(2026, 3, 11), set()),  # the same evaluation again: nothing twice
-    (
-        date(2026, 3, 12),
-        {
-            ("ua.edge@acme.example", "", "not_activated_7d", "ua_edge"),
-            ("ux.late@beta.example", "", "too_many_4xx_7d", "ux_late"),
-        },
-    ),
-    (date(2026, 3, 19), set()),  # a week later: ux_1000 and ux_late have left
-    (date(2026, 3, 20), set()),  # ux_1000 re-enters 9 days after its email: cooldown
-]
-
 
 def _parse(raw: bytes) -> tuple[Email, email.message.EmailMessage]:
     msg = email.message_from_bytes(raw, policy=email.policy.default)

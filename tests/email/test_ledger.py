@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -27,24 +26,11 @@ from email_jobs.ledger import (
     release_rows,
     state_counts,
 )
-from nudge.core.settings import Settings
-from nudge.core.warehouse import Warehouse, connect
 
 T0 = datetime(2026, 1, 10)
 
 
 # -- warehouses --------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def wh(request: pytest.FixtureRequest, tmp_path) -> Iterator[Warehouse]:
-    url = (
-        f"duckdb:///{tmp_path}/wh.duckdb"
-        if request.param == "duckdb"
-        else request.getfixturevalue("postgres_database")  # tests/conftest.py
-    )
-    with connect(Settings(warehouse=url, _env_file=None)) as w:
-        yield w
 
 
 def _entry(

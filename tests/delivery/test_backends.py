@@ -30,7 +30,7 @@ try:
 except ModuleNotFoundError:  # the repo root is not on sys.path; pytest put tests/ there instead
     from support.fake_sendgrid import FakeSendGrid, Fault  # type: ignore[no-redef]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 API_KEY = "SG.test-key"
 
 

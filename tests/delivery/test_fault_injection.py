@@ -35,7 +35,7 @@ from nudge.core.warehouse import connect
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 API_KEY = "SG.fault-test"
 CAMPAIGNS = ("fault_a", "fault_b")
 D0 = datetime(2026, 5, 1)

@@ -18,7 +18,7 @@ from support.scenario import land_until, write_profiles
 from nudge.core.instant import day_partition
 from nudge.ingest.watch import changes_since, event_file_versions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from support.scenario import event, write_jsonl
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SKIP = {".git", ".venv", "data", ".pytest_cache", ".hypothesis", ".ruff_cache", "artifacts"}
 FIRST_DAY = date(2026, 3, 1)
 EVALUATIONS = [date(2026, 3, 10), date(2026, 3, 11), date(2026, 3, 12), date(2026, 3, 13)]

@@ -26,7 +26,7 @@ from nudge.core.settings import Settings
 from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest.schema import DDL
 
-DBT_PROJECT = Path(__file__).resolve().parents[1] / "dbt_project"
+DBT_PROJECT = Path(__file__).resolve().parents[2] / "dbt_project"
 END = "2026-01-08T12:00:00Z"  # not a midnight: the windows have partial edge days
 FIRST_INGEST = "2026-01-08 13:00:00"
 LATE_INGEST = "2026-01-09 06:00:00"

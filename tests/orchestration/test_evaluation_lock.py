@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from test_dagster_postgres import use_docker_instance
+from support.dagster_instances import use_docker_instance
 from test_guards_dagster import CAMPAIGN, D0, env  # noqa: F401 - `env` is a fixture
 from test_guards_dagster import evaluate as evaluate_at
 
@@ -29,7 +29,7 @@ from orchestration.defs.shared.resources import NudgeResource, evaluation_lock_r
 from orchestration.defs.shared.tags import AS_OF_TAG
 from synthetic.generate import generate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def membership(url: str) -> dict[tuple[str, str], list[str]]:

@@ -1,8 +1,8 @@
 """Property-based tests of the membership diff and the ledger's decisions (issue 7).
 
-tests/test_send_loop.py already checks, through the send loop and a scripted provider, that no
-entry is delivered twice and that re-sends respect the cooldown. This file adds the other half:
-for any sequence of evaluations (repeats, gaps, out-of-order backfills, members without an
+tests/delivery/test_send_loop.py already checks, through the send loop and a scripted provider,
+that no entry is delivered twice and that re-sends respect the cooldown. This file adds the other
+half: for any sequence of evaluations (repeats, gaps, out-of-order backfills, members without an
 address) every decision matches a small reference model of the contract, so entries that must be
 sent are not lost either, and the ledger never holds two cooldown-starting rows of one member
 closer than the cooldown.
