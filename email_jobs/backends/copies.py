@@ -7,7 +7,8 @@ List-Unsubscribe / List-Unsubscribe-Post headers (RFC 8058). How each backend de
 
 - smtp: one SMTP transaction per copy, to that one address; the visible To and Cc headers stay
   those of the whole message, so a reply-all still reaches the account's team.
-- outbox: one `.eml` file per copy.
+- outbox: one `.eml` file a message (the contract's outbox), the main To's copy: an outbox file
+  reaches nobody.
 - sendgrid: one personalization per copy (SendGrid writes the To header from it, so each copy
   is addressed to its recipient alone) with the link as a substitution and per-copy headers.
 """

@@ -43,25 +43,14 @@ class OutboxBackend:
     def send(self, email: OutgoingEmail) -> DeliveryResult:
         copies = recipient_copies(email)
         try:
-            if not copies:
-                msgs = [
-                    (
-                        self.outbox_dir / outbox_filename(email),
-                        build_message(email, include_bcc=True),
-                    )
-                ]
-            else:
-                # One file per recipient's copy (its own unsubscribe link); the first, the main
-                # To's, keeps the message's usual name.
-                name = outbox_filename(email)
-                msgs = [
-                    (
-                        self.outbox_dir
-                        / (name if i == 0 else name.replace(".eml", f"-{i + 1}.eml")),
-                        build_message(email, include_bcc=True, copy=copy),
-                    )
-                    for i, copy in enumerate(copies)
-                ]
+            # One file a message (the contract's outbox). With signed unsubscribe links it is the
+            # main To's copy: nobody receives an outbox file, so no link reaches another person.
+            msgs = [
+                (
+                    self.outbox_dir / outbox_filename(email),
+                    build_message(email, include_bcc=True, copy=copies[0] if copies else None),
+                )
+            ]
             files = [(path, msg.as_bytes()) for path, msg in msgs]
         except (ValueError, TypeError, UnicodeError) as exc:
             return DeliveryResult(status="failed", error=f"cannot build the message: {exc}")
