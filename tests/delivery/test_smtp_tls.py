@@ -180,8 +180,12 @@ def test_a_refused_login_leaves_the_rows_pending_then_a_good_one_sends_each_once
     add_pending(open_wh, ["a", "b", "c"])
     logins = Logins()
     logins.accept = False
-    send = functools.partial(send_campaign, open_wh, CAMPAIGN,
-                             render=functools.partial(render_email, templates_dir=templates))
+    send = functools.partial(
+        send_campaign,
+        open_wh,
+        CAMPAIGN,
+        render=functools.partial(render_email, templates_dir=templates),
+    )
     with relay(cert, "starttls", logins) as (handler, port):
         with pytest.raises(CredentialError, match=r"^NUDGE_SMTP_USER/NUDGE_SMTP_PASSWORD: "):
             send(backend(port, cert, "starttls"), settings, "run-refused")

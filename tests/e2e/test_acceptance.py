@@ -21,6 +21,7 @@ from nudge.app.cli import main as nudge
 
 pytestmark = pytest.mark.integration
 
+
 def _parse(raw: bytes) -> tuple[Email, email.message.EmailMessage]:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     key = (

@@ -122,9 +122,9 @@ def test_sync_loads_csvs_and_never_lifts_what_it_stored(wh, tmp_path):  # noqa: 
     sync = sync_suppressions(wh, settings)
     assert stored(wh) == every
     assert wh.fetchone("select count(*) from nudge.suppressions")[0] == 3
-    assert wh.fetchone("select count(*) from nudge.suppressions where first_seen_at is null")[
-        0
-    ] == 0
+    assert (
+        wh.fetchone("select count(*) from nudge.suppressions where first_seen_at is null")[0] == 0
+    )
     assert sync.by_source == {"csv:suppressions/a.csv": 2, "csv:suppressions/b.csv": 1}
 
 
@@ -386,9 +386,9 @@ def test_a_lifted_address_stays_lifted_until_a_new_sighting(wh, tmp_path):  # no
     assert ledger(wh)[("ann", "2026-02-10")] == ("skipped", "suppressed")
     assert ledger(wh)[("bob", "2026-02-10")] == ("skipped", "suppressed")
     # The lifts stay on record beside the new rows.
-    assert wh.fetchone("select count(*) from nudge.suppressions where lifted_at is not null")[
-        0
-    ] == 2
+    assert (
+        wh.fetchone("select count(*) from nudge.suppressions where lifted_at is not null")[0] == 2
+    )
 
 
 def test_a_ledger_from_before_the_lift_columns_upgrades_with_its_rows_active(tmp_path):
