@@ -727,6 +727,7 @@ def test_image_commands_serve_nudge_on_postgres(
             "landing_files",
             "send_after_evaluation",
             "record_run_failures",
+            "outcomes_after_send",
         }
 
         def daemons_healthy() -> list[dict] | None:

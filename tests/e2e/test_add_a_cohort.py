@@ -16,7 +16,6 @@ import email.policy
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.project_copy import copy_project
 from support.scenario import event, write_jsonl
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SKIP = {".git", ".venv", "data", ".pytest_cache", ".hypothesis", ".ruff_cache", "artifacts"}
 FIRST_DAY = date(2026, 3, 1)
 EVALUATIONS = [date(2026, 3, 10), date(2026, 3, 11), date(2026, 3, 12), date(2026, 3, 13)]
 SE, SE2 = "se@vendor.example", "se2@vendor.example"
@@ -307,18 +305,11 @@ class Copy:
             return json.loads(json.dumps(con.execute(sql).fetchall(), default=str))
 
 
-def _ignore(folder: str, names: list[str]) -> set[str]:
-    skip = {n for n in names if n in SKIP or n == "__pycache__"}
-    if Path(folder).name == "dbt_project":
-        skip |= {"target", "logs"}  # the copy parses its own project
-    return skip
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Copy]:
     tmp = tmp_path_factory.mktemp("analyst")
     root = tmp / "nudge"
-    shutil.copytree(REPO, root, ignore=_ignore)
+    copy_project(root)
     add_cohort(root)
     landing = tmp / "landing"
     write_profiles(landing)

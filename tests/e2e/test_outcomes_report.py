@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.project_copy import copy_project
 from support.scenario import event, write_jsonl
 
 try:
@@ -33,8 +33,6 @@ except ImportError:  # pragma: no cover
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SKIP = {".git", ".venv", "data", ".pytest_cache", ".hypothesis", ".ruff_cache", "artifacts"}
 CHROMIUM = Path("/usr/bin/chromium")
 CAMPAIGN = "not_activated_7d"
 SHARE = 0.5
@@ -127,18 +125,11 @@ class Copy:
             return con.execute(sql).fetchall()
 
 
-def _ignore(folder: str, names: list[str]) -> set[str]:
-    skip = {n for n in names if n in SKIP or n == "__pycache__"}
-    if Path(folder).name == "dbt_project":
-        skip |= {"target", "logs"}
-    return skip
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Copy]:
     tmp = tmp_path_factory.mktemp("outcomes")
     root = tmp / "nudge"
-    shutil.copytree(REPO, root, ignore=_ignore)
+    copy_project(root)
     yml = root / "dbt_project" / "models" / "cohorts" / "_cohorts__models.yml"
     text = yml.read_text()
     marker = "              goal: {model: goal_first_successful_call, within_days: 14}\n"
