@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 SEED_CAMPAIGNS = {"not_activated_7d", "too_many_4xx_7d"}
 RAW_ASSETS = {("raw", "events"), ("raw", "users"), ("raw", "companies")}
-DBT_GROUPS = {"staging", "intermediate", "marts", "cohorts"}
+DBT_GROUPS = {"staging", "intermediate", "marts", "cohorts", "goals"}
 
 WORKSPACE_QUERY = """
 query NudgeWorkspace {
@@ -150,11 +150,16 @@ def test_webserver_serves_the_whole_pipeline(
     assert SEED_CAMPAIGNS <= set(campaigns), f"seed campaigns missing: {set(campaigns)}"
 
     # Every asset, in its group: raw tables, every dbt model, and per campaign its evaluation
-    # and its sends; nothing else.
+    # and its sends; the `nudge` tables the outcome models read, as dbt sources; nothing else.
     model_keys = {_key_of_model(nodes, m): m for m in models}
+    nudge_sources = {
+        ("nudge", s["name"]) for s in manifest["sources"].values() if s["source_name"] == "nudge"
+    }
+    assert ("nudge", "send_ledger") in nudge_sources
     expected = (
         RAW_ASSETS
         | set(model_keys)
+        | nudge_sources
         | {("evaluations", c) for c in campaigns}
         | {("sends", c) for c in campaigns}
     )
@@ -164,8 +169,10 @@ def test_webserver_serves_the_whole_pipeline(
     for key in RAW_ASSETS:
         assert nodes[key]["groupName"] == "ingest", key
     for key, model in model_keys.items():
-        assert nodes[key]["groupName"] == models[model]["fqn"][1], key
-    assert {nodes[k]["groupName"] for k in model_keys} == DBT_GROUPS
+        # The outcome models sit with the sends they follow; every other model in its folder.
+        outcome = "nudge_outcomes" in (models[model].get("tags") or [])
+        assert nodes[key]["groupName"] == ("email" if outcome else models[model]["fqn"][1]), key
+    assert {nodes[k]["groupName"] for k in model_keys} == DBT_GROUPS | {"email"}
     for name in campaigns:
         assert nodes[("evaluations", name)]["groupName"] == "email"
         assert nodes[("sends", name)]["groupName"] == "email"
