@@ -19,15 +19,13 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 
 from nudge.core.instant import to_iso
+from nudge.core.settings import Settings
 from nudge.core.warehouse import Warehouse
-
-if TYPE_CHECKING:
-    from nudge.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +34,26 @@ VOLUME_HISTORY_DAYS = 7
 VOLUME_MIN_DAYS_WITH_EVENTS = 3
 
 
+def _setting_default(name: str) -> Any:
+    """One place for a knob's default: the Settings field's."""
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class GuardLimits:
     """The guards' knobs (contract "Guards"), the only settings an evaluation reads. The
-    defaults are the contract's."""
+    defaults are the settings' own (the contract's)."""
 
-    max_send_lag_days: float = 2
-    freshness_hours: float = 48
-    min_day_volume_share: float = 0.1
-    max_rejected_share: float = 0.01
-    max_sends_per_evaluation: int = 500
-    max_entry_share: float = 0.5
+    max_send_lag_days: float = _setting_default("max_send_lag_days")
+    freshness_hours: float = _setting_default("freshness_hours")
+    min_day_volume_share: float = _setting_default("min_day_volume_share")
+    max_rejected_share: float = _setting_default("max_rejected_share")
+    max_sends_per_evaluation: int = _setting_default("max_sends_per_evaluation")
+    max_entry_share: float = _setting_default("max_entry_share")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GuardLimits:
-        return cls(
-            max_send_lag_days=settings.max_send_lag_days,
-            freshness_hours=settings.freshness_hours,
-            min_day_volume_share=settings.min_day_volume_share,
-            max_rejected_share=settings.max_rejected_share,
-            max_sends_per_evaluation=settings.max_sends_per_evaluation,
-            max_entry_share=settings.max_entry_share,
-        )
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 class EvaluationDeferred(Exception):
