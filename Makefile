@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast lint bench lock runtime-lock clean
+.PHONY: install install-spark spark-lock demo test test-fast lint bench lock runtime-lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Nudge needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
@@ -16,10 +16,18 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# Spark (nudge[spark]) on top: the tests need it, the demo does not.
+SPARK_STAMP := $(VENV)/.spark-stamp
+$(SPARK_STAMP): $(STAMP) requirements.spark.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -r requirements.spark.lock
+	@touch $(SPARK_STAMP)
+
+install-spark: $(SPARK_STAMP)
+
 demo: install
 	$(BIN)/nudge demo
 
-test: install
+test: install-spark
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest
@@ -32,7 +40,7 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff format --check .
 
-bench: install
+bench: install-spark
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # Re-resolve the pinned direct dependencies and write the full locked set.
@@ -57,3 +65,14 @@ runtime-lock:
 
 clean:
 	rm -rf $(VENV) data dbt_project/target dbt_project/logs
+
+# Re-resolve the Spark extra against requirements.lock: what it adds, pinned.
+spark-lock: install
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet -r requirements.lock
+	.venv-lock/bin/pip freeze | sort > .venv-lock/base.txt
+	.venv-lock/bin/python -m pip install --quiet -c requirements.lock 'pyspark[connect]==4.3.0' 'dbt-spark[session]==1.11.0'
+	{ sed -n '1,/^# Regenerate/p' requirements.spark.lock; \
+	  .venv-lock/bin/pip freeze | sort | comm -13 .venv-lock/base.txt -; } > requirements.spark.lock.new
+	mv requirements.spark.lock.new requirements.spark.lock
+	rm -rf .venv-lock

@@ -7,6 +7,7 @@ names the variable and says what to do.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -23,32 +24,37 @@ class ConfigError(Exception):
 
 
 class WarehouseUrl:
-    """`duckdb:///path.duckdb` or `postgresql://user[:password]@host[:port]/db`."""
+    """`duckdb:///path.duckdb`, `postgresql://user[:password]@host[:port]/db`, `spark://local[N]`
+    (an embedded Spark, run by Nudge as a local Spark Connect server) or `sc://HOST:PORT[/;k=v]`
+    (a Spark Connect server: a cluster). `env` names the variable in messages."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, env: str = "NUDGE_WAREHOUSE") -> None:
         self.url = url
-        parsed = urlparse(url)
+        self.env = env
+        # urlparse reads spark://local[2] as an IPv6 host and fails: take the scheme by hand.
+        parsed = urlparse("spark://local" if url.startswith("spark://") else url)
         url = _without_password(url)  # the messages below echo the URL
+        self.kind: Literal["duckdb", "postgres", "spark"]
         if parsed.scheme == "duckdb":
             # duckdb:///relative/path.duckdb -> "relative/path.duckdb"; duckdb:////abs -> "/abs"
             raw = url[len("duckdb:///") :] if url.startswith("duckdb:///") else ""
             if not raw:
                 raise ConfigError(
-                    f"NUDGE_WAREHOUSE={url!r}: a DuckDB warehouse is written duckdb:///path/to/file.duckdb"
+                    f"{env}={url!r}: a DuckDB database is written duckdb:///path/to/file.duckdb"
                 )
-            self.kind: Literal["duckdb", "postgres"] = "duckdb"
+            self.kind = "duckdb"
             self.path = Path(raw).expanduser().resolve()
         elif parsed.scheme in ("postgresql", "postgres"):
             if not parsed.hostname or not parsed.path.strip("/"):
                 raise ConfigError(
-                    f"NUDGE_WAREHOUSE={url!r}: a Postgres warehouse is written "
+                    f"{env}={url!r}: a Postgres database is written "
                     "postgresql://user@host:port/database"
                 )
             try:
                 port = parsed.port
             except ValueError:
                 raise ConfigError(
-                    f"NUDGE_WAREHOUSE={url!r}: the port is not a number; a Postgres warehouse is "
+                    f"{env}={url!r}: the port is not a number; a Postgres database is "
                     "written postgresql://user@host:port/database"
                 ) from None
             self.kind = "postgres"
@@ -57,18 +63,64 @@ class WarehouseUrl:
             self.user = unquote(parsed.username or "postgres")
             self.password = unquote(parsed.password or "")
             self.database = parsed.path.strip("/")
+        elif parsed.scheme == "spark":
+            master = _SPARK_LOCAL.fullmatch(url.removeprefix("spark://"))
+            if not master:
+                raise ConfigError(
+                    f"{env}={url!r}: an embedded Spark is written spark://local[N] "
+                    "(N worker threads, or *); a cluster is sc://HOST:PORT"
+                )
+            self.kind = "spark"
+            self.spark_master: str | None = master.group(0)
+            self.spark_remote: str | None = None
+        elif parsed.scheme == "sc":
+            host, _, port = parsed.netloc.partition(":")
+            if not host or (port and not port.isdigit()):
+                raise ConfigError(
+                    f"{env}={_without_token(url)!r}: a Spark Connect server is written "
+                    "sc://HOST:PORT (options after /;, e.g. sc://host:443/;use_ssl=true;token=...)"
+                )
+            self.kind = "spark"
+            self.spark_master = None
+            self.spark_remote = self.url
         else:
             raise ConfigError(
-                f"NUDGE_WAREHOUSE={url!r}: unknown scheme {parsed.scheme!r}; use "
-                "duckdb:///path.duckdb or postgresql://user@host:port/db"
+                f"{env}={_without_token(url)!r}: unknown scheme {parsed.scheme!r}; use "
+                "duckdb:///path.duckdb, postgresql://user@host:port/db, spark://local[N] or "
+                "sc://HOST:PORT"
             )
+
+    @property
+    def shown(self) -> str:
+        """The URL with its password or token masked, for messages and metadata."""
+        return _without_token(_without_password(self.url))
+
+    def same_database(self, other: WarehouseUrl) -> bool:
+        """Whether both name the same database (then one connection serves both roles)."""
+        if self.kind != other.kind:
+            return False
+        if self.kind == "duckdb":
+            return self.path == other.path
+        if self.kind == "postgres":
+            return (self.host, self.port, self.database) == (other.host, other.port, other.database)
+        return False
 
     def __repr__(self) -> str:
         return f"WarehouseUrl({self.kind})"
 
 
+_SPARK_LOCAL = re.compile(r"local(\[(\d+|\*)\])?")
+
+
+def _without_token(url: str) -> str:
+    """A Spark Connect URL with its `token=` parameter masked, for messages."""
+    return re.sub(r"(?i)(token=)[^;]*", r"\1***", url)
+
+
 def _without_password(url: str) -> str:
     """The URL with its password (if any) replaced by ***, for messages."""
+    if url.startswith("spark://"):
+        return url
     parsed = urlparse(url)
     if not parsed.password:
         return url
@@ -82,6 +134,14 @@ class Settings(BaseSettings):
 
     landing_dir: Path = Path("data/landing")
     warehouse: str = "duckdb:///data/warehouse.duckdb"
+    # Where the nudge.* tables live (contract "Warehouses"); unset: the warehouse itself, which
+    # a Spark warehouse cannot be (it has no transactions).
+    state_store: str | None = None
+    # An embedded Spark (spark://local[N]): its local Spark Connect server's port, and the folder
+    # that holds its tables (Parquet) and its metastore.
+    spark_connect_port: int = 15002
+    spark_dir: Path = Path("data/spark")
+    spark_driver_memory: str = "2g"
     email_backend: str = "outbox"
     outbox_dir: Path = Path("data/outbox")
 
@@ -178,6 +238,32 @@ class Settings(BaseSettings):
     def warehouse_url(self) -> WarehouseUrl:
         return WarehouseUrl(self.warehouse)
 
+    @cached_property
+    def state_store_url(self) -> WarehouseUrl:
+        """The state store: NUDGE_STATE_STORE, else the warehouse (DuckDB or Postgres)."""
+        if not self.state_store:
+            if self.warehouse_url.kind == "spark":
+                raise ConfigError(
+                    "NUDGE_STATE_STORE: a Spark warehouse needs a state store for the nudge.* "
+                    "tables (ledger, suppressions...); set it to postgresql://user@host:port/db "
+                    "or duckdb:///path.duckdb"
+                )
+            return self.warehouse_url
+        url = WarehouseUrl(self.state_store, env="NUDGE_STATE_STORE")
+        if url.kind == "spark":
+            raise ConfigError(
+                f"NUDGE_STATE_STORE={url.shown!r}: the state store must be transactional; use "
+                "postgresql://user@host:port/db or duckdb:///path.duckdb"
+            )
+        return url
+
+    @property
+    def state_is_warehouse(self) -> bool:
+        """One database holds both roles (then SQL may join the nudge.* tables and the models)."""
+        return self.state_store_url is self.warehouse_url or self.state_store_url.same_database(
+            self.warehouse_url
+        )
+
     @property
     def smtp_tls_mode(self) -> Literal["starttls", "implicit", "none"]:
         """NUDGE_SMTP_TLS, else the NUDGE_SMTP_STARTTLS alias, else starttls with a password."""
@@ -203,7 +289,7 @@ class Settings(BaseSettings):
 
     def check(self) -> Settings:
         """Raise ConfigError for settings that cannot work, before any work starts."""
-        _ = self.warehouse_url
+        _ = self.warehouse_url, self.state_store_url
         if self.email_backend == "smtp":
             self._check_smtp()
         if bool(self.secret_key) != bool(self.public_url):
@@ -255,6 +341,12 @@ def export_runtime_env(settings: Settings) -> None:
 def dbt_env(settings: Settings) -> dict[str, str]:
     """The variables dbt_project/profiles.yml reads, derived from NUDGE_WAREHOUSE."""
     wh = settings.warehouse_url
+    if wh.kind == "spark":
+        # dbt-spark's `session` method: SparkSession.builder.getOrCreate() in dbt's process
+        # connects to the Spark Connect server SPARK_REMOTE names (nudge.core.spark).
+        from nudge.core.spark import remote_url
+
+        return {"NUDGE_DBT_TARGET": "spark", "SPARK_REMOTE": remote_url(settings)}
     if wh.kind == "duckdb":
         return {
             "NUDGE_DBT_TARGET": "duckdb",

@@ -1,4 +1,5 @@
-"""One way into the warehouse, DuckDB or Postgres, for ingestion and the email jobs.
+"""One way into the warehouse (DuckDB, Postgres or Spark) and the state store (DuckDB or
+Postgres), for ingestion and the email jobs.
 
 SQL passed to `Warehouse.execute` uses `?` placeholders and portable SQL; for Postgres the
 placeholders become `%s`. DuckDB allows one writing process per file, so every connection to a
@@ -12,7 +13,7 @@ import fcntl
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ class Warehouse:
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         if self.kind == "duckdb":
             return self.conn.execute(sql, params or [])
+        if self.kind == "spark":
+            return _SparkCursor(
+                self.conn.sql(sql, args=list(params)) if params else self.conn.sql(sql)
+            )
         cur = self.conn.cursor()
         cur.execute(self._sql(sql), tuple(params or ()))
         return cur
@@ -47,6 +52,8 @@ class Warehouse:
             return
         if self.kind == "duckdb":
             self.conn.executemany(sql, rows)
+        elif self.kind == "spark":
+            raise NotImplementedError("row-by-row writes to Spark: write a DataFrame instead")
         else:
             from psycopg2.extras import execute_batch
 
@@ -74,8 +81,11 @@ class Warehouse:
 
     @contextmanager
     def transaction(self) -> Iterator[Warehouse]:
-        """A committed unit of work: all of it lands, or none of it."""
-        if self.kind == "duckdb":
+        """A committed unit of work: all of it lands, or none of it (DuckDB, Postgres; Spark
+        has no transactions, and its writes are idempotent overwrites instead)."""
+        if self.kind == "spark":
+            yield self
+        elif self.kind == "duckdb":
             self.conn.execute("begin transaction")
             try:
                 yield self
@@ -92,6 +102,8 @@ class Warehouse:
             self.conn.commit()
 
     def table_exists(self, schema: str, table: str) -> bool:
+        if self.kind == "spark":
+            return bool(self.conn.catalog.tableExists(f"{schema}.{table}"))
         row = self.fetchone(
             "select count(*) from information_schema.tables "
             "where table_schema = ? and table_name = ?",
@@ -101,13 +113,34 @@ class Warehouse:
 
     def relation(self, relation_name: str) -> str:
         """A dbt `relation_name` ("db"."schema"."table") usable on this connection."""
-        if self.kind == "duckdb":
-            # The DuckDB file is attached under its own name; drop the database part so that
-            # a renamed or copied warehouse file still resolves.
-            parts = relation_name.split(".")
-            return ".".join(parts[-2:])
-        parts = relation_name.split(".")
-        return ".".join(parts[-2:])
+        # DuckDB attaches its file under its own name, and Spark's relation names carry no
+        # database: schema.table resolves on every engine, a renamed warehouse file included.
+        parts = relation_name.split(".")[-2:]
+        if self.kind == "spark":
+            return ".".join(p.strip("`") for p in parts)
+        return ".".join(parts)
+
+
+class _SparkCursor:
+    """A DB-API-like view of a Spark DataFrame: rows are collected when first fetched."""
+
+    def __init__(self, df: Any) -> None:
+        self._df = df
+        self._rows: list[tuple] | None = None
+        self.description = [(name,) for name in df.columns]
+
+    def _all(self) -> list[tuple]:
+        if self._rows is None:
+            self._rows = [tuple(r) for r in self._df.collect()]
+        return self._rows
+
+    def fetchall(self) -> list[tuple]:
+        rows, self._rows = self._all(), []
+        return rows
+
+    def fetchone(self) -> tuple | None:
+        rows = self._all()
+        return rows.pop(0) if rows else None
 
 
 def _lock_path(path: Path) -> Path:
@@ -142,8 +175,25 @@ def duckdb_file_lock(path: Path, timeout_s: float = 3600) -> Iterator[None]:
 @contextmanager
 def connect(settings: Settings, *, read_only: bool = False) -> Iterator[Warehouse]:
     """Open the configured warehouse (holding the DuckDB writer lock while open)."""
-    url = settings.warehouse_url
-    if url.kind == "duckdb":
+    with _open(settings.warehouse_url, settings) as wh:
+        yield wh
+
+
+@contextmanager
+def connect_state(settings: Settings) -> Iterator[Warehouse]:
+    """Open the state store (the nudge.* tables): NUDGE_STATE_STORE, else the warehouse."""
+    with _open(settings.state_store_url, settings) as wh:
+        yield wh
+
+
+@contextmanager
+def _open(url: WarehouseUrl, settings: Settings) -> Iterator[Warehouse]:
+    if url.kind == "spark":
+        from nudge.core.spark import spark_session
+
+        # The session is the process's, shared and reused; closing this handle keeps it.
+        yield Warehouse(url, spark_session(settings))
+    elif url.kind == "duckdb":
         import duckdb
 
         with duckdb_file_lock(url.path):
@@ -173,7 +223,7 @@ def connect(settings: Settings, *, read_only: bool = False) -> Iterator[Warehous
         except psycopg2.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise ConfigError(
-                f"NUDGE_WAREHOUSE: cannot reach Postgres at {url.host}:{url.port}/{url.database} "
+                f"{url.env}: cannot reach Postgres at {url.host}:{url.port}/{url.database} "
                 f"({first}); check that the server runs and the URL is right"
             ) from None
         try:
@@ -188,9 +238,10 @@ def writer_lock(settings: Settings) -> Iterator[None]:
 
     Held around work that opens the file from another process, such as a dbt invocation.
     """
-    url = settings.warehouse_url
-    if url.kind == "duckdb":
-        with duckdb_file_lock(url.path):
-            yield
-    else:
+    urls = {settings.warehouse_url.url: settings.warehouse_url}
+    urls[settings.state_store_url.url] = settings.state_store_url
+    paths = sorted({u.path for u in urls.values() if u.kind == "duckdb"})
+    with ExitStack() as stack:
+        for path in paths:  # in one order, so that two writers cannot deadlock
+            stack.enter_context(duckdb_file_lock(path))
         yield

@@ -1,0 +1,205 @@
+"""Spark as the warehouse: one Spark Connect server per warehouse, local or a cluster's.
+
+Every process that touches a Spark warehouse (ingestion and evaluations in the Dagster run, dbt
+in its own process, `nudge status`) talks to the same Spark Connect server, so that they share
+one catalog. `sc://HOST:PORT` names a server someone else runs (Databricks, EMR, Dataproc, or
+your own). `spark://local[N]` is an embedded Spark: Nudge starts a Spark Connect server from the
+`pyspark` package itself, bound to 127.0.0.1, keeping its tables (Parquet) and its metastore
+(Derby) under NUDGE_SPARK_DIR, and leaves it running for the next command, as a database server
+would be; `stop_local_server` (and `nudge spark stop`) ends it.
+
+pyspark is the optional extra `nudge[spark]`; nothing here imports it until Spark is asked for.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nudge.core.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+# A JVM, its Derby metastore and the gRPC service take 10-20 s to come up on 2 cores.
+START_TIMEOUT_S = 180.0
+
+
+def _pyspark_home() -> Path:
+    try:
+        import pyspark
+    except ImportError:
+        raise ConfigError(
+            "NUDGE_WAREHOUSE: a Spark warehouse needs the spark extra: "
+            "pip install 'nudge[spark]' (or -r requirements.spark.lock)"
+        ) from None
+    return Path(pyspark.__file__).parent
+
+
+def local_server_conf(settings: Settings, master: str) -> dict[str, str]:
+    """The embedded server's Spark configuration: everything under NUDGE_SPARK_DIR."""
+    home = settings.spark_dir.resolve()
+    return {
+        "spark.master": master,
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(settings.spark_connect_port),
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": str(home / "warehouse"),
+        "spark.hadoop.javax.jdo.option.ConnectionURL": (
+            f"jdbc:derby:;databaseName={home / 'metastore_db'};create=true"
+        ),
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={home}",
+        # A laptop's data: a handful of shuffle partitions, not the cluster default of 200.
+        "spark.sql.shuffle.partitions": "4",
+        "spark.sql.session.timeZone": "UTC",
+        # dbt-spark's insert_overwrite replaces only the partitions a run touches.
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.ui.enabled": "false",
+        "spark.sql.ansi.enabled": "false",
+    }
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _start_lock(home: Path) -> Iterator[None]:
+    """One process at a time decides whether to start the server."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "server.lock").open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_local_server(settings: Settings) -> str:
+    """The embedded Spark's Connect URL, starting its server if none answers."""
+    url = settings.warehouse_url
+    assert url.spark_master is not None
+    port = settings.spark_connect_port
+    home = settings.spark_dir.resolve()
+    remote = f"sc://127.0.0.1:{port}"
+    if _answers(port) and (home / "server.pid").exists():
+        return remote
+    with _start_lock(home):
+        if _answers(port):
+            if not (home / "server.pid").exists():
+                raise ConfigError(
+                    f"NUDGE_SPARK_CONNECT_PORT={port}: something else listens there; "
+                    "choose another port for the embedded Spark"
+                )
+            return remote
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise ConfigError(
+                "NUDGE_WAREHOUSE=spark://...: the embedded Spark needs Java 17 or newer "
+                "(install a JDK, or set JAVA_HOME)"
+            )
+        spark_home = _pyspark_home()
+        cmd = [str(spark_home / "bin" / "spark-submit"), "--class", SERVER_CLASS]
+        for key, value in local_server_conf(settings, url.spark_master).items():
+            cmd += ["--conf", f"{key}={value}"]
+        log_path = home / "connect-server.log"
+        env = {**os.environ, "SPARK_HOME": str(spark_home), "PYSPARK_PYTHON": sys.executable}
+        log.info("starting the embedded Spark (%s) on 127.0.0.1:%s", url.spark_master, port)
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=home,
+                env=env,
+                start_new_session=True,  # outlives this command, like a database server
+            )
+        (home / "server.pid").write_text(str(proc.pid))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(port):
+            if proc.poll() is not None:
+                (home / "server.pid").unlink(missing_ok=True)
+                raise ConfigError(
+                    f"the embedded Spark exited at start (status {proc.returncode}); see {log_path}"
+                )
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"the embedded Spark did not answer on port {port} within "
+                    f"{START_TIMEOUT_S:.0f} s; see {log_path}"
+                )
+            time.sleep(0.25)
+    return remote
+
+
+def stop_local_server(settings: Settings) -> bool:
+    """Stop the embedded Spark's server if this Spark folder started one: whether it ran."""
+    home = settings.spark_dir.resolve()
+    pid_file = home / "server.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().strip() or 0)
+    pid_file.unlink(missing_ok=True)
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    return True
+
+
+def remote_url(settings: Settings) -> str:
+    """The Spark Connect URL every process of this warehouse uses (starting a local server)."""
+    url = settings.warehouse_url
+    if url.kind != "spark":
+        raise ConfigError(f"NUDGE_WAREHOUSE={url.shown!r} is not a Spark warehouse")
+    if url.spark_remote:
+        return url.spark_remote
+    return ensure_local_server(settings)
+
+
+_SESSIONS: dict[str, Any] = {}
+
+
+def spark_session(settings: Settings) -> SparkSession:
+    """This process's Spark Connect session to the warehouse (one per URL, reused)."""
+    remote = remote_url(settings)
+    session = _SESSIONS.get(remote)
+    if session is None:
+        _pyspark_home()
+        from pyspark.sql import SparkSession
+
+        with warnings.catch_warnings():
+            # pyspark 4.3 warns that it does not fully support pandas 3; Nudge hands it no
+            # pandas frames (rows are collected as tuples).
+            warnings.filterwarnings("ignore", category=FutureWarning, module="pyspark")
+            session = SparkSession.builder.remote(remote).getOrCreate()
+        for schema in ("raw", "analytics", "nudge"):
+            session.sql(f"create database if not exists {schema}")
+        _SESSIONS[remote] = session
+    return session
