@@ -95,3 +95,75 @@ def wh(warehouse_url: str):
 
     with connect(Settings(warehouse=warehouse_url, _env_file=None)) as w:
         yield w
+
+
+# -- Spark: one embedded Spark Connect server for the whole session -------------------------------
+# Starting a JVM costs 10-20 s, so every Spark test shares this server (issue 15). Tests that want
+# an empty catalog take `spark_warehouse`, which drops Nudge's databases first.
+
+
+def require_spark() -> None:
+    """Skip with the reason without pyspark or Java; on CI (CI=true) that is a failure."""
+    import importlib.util
+    import shutil
+
+    reason = None
+    if importlib.util.find_spec("pyspark") is None:
+        reason = "pyspark is not installed (make install-spark)"
+    elif shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        reason = "no Java runtime for Spark"
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}, and CI=true: CI must run the Spark tests")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def spark_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The session's embedded Spark: the environment that names it (NUDGE_WAREHOUSE=spark://
+    local[2], its folder and port); its Connect URL is `sc://127.0.0.1:<NUDGE_SPARK_CONNECT_PORT>`."""
+    require_spark()
+    from nudge.core.settings import Settings
+    from nudge.core.spark import ensure_local_server, stop_local_server
+
+    env = {
+        "NUDGE_WAREHOUSE": "spark://local[2]",
+        "NUDGE_SPARK_DIR": str(tmp_path_factory.mktemp("spark")),
+        "NUDGE_SPARK_CONNECT_PORT": str(_free_port()),
+        "NUDGE_SPARK_DRIVER_MEMORY": "2g",
+    }
+    settings = Settings(
+        warehouse=env["NUDGE_WAREHOUSE"],
+        spark_dir=env["NUDGE_SPARK_DIR"],
+        spark_connect_port=int(env["NUDGE_SPARK_CONNECT_PORT"]),
+        state_store="duckdb:///unused.duckdb",
+        _env_file=None,
+    )
+    ensure_local_server(settings)
+    try:
+        yield env
+    finally:
+        stop_local_server(settings)
+
+
+def spark_connect_url(spark_server: dict[str, str]) -> str:
+    return f"sc://127.0.0.1:{spark_server['NUDGE_SPARK_CONNECT_PORT']}"
+
+
+@pytest.fixture
+def spark_warehouse(spark_server: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The shared Spark with Nudge's databases (raw, analytics, nudge) dropped: an empty
+    warehouse. Yields the same environment as `spark_server`."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.builder.remote(spark_connect_url(spark_server)).getOrCreate()
+    for schema in ("raw", "analytics", "nudge"):
+        session.sql(f"drop database if exists {schema} cascade")
+    yield spark_server

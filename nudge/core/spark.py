@@ -166,6 +166,12 @@ def stop_local_server(settings: Settings) -> bool:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
+            # Reap it when this process started it (else it stays a zombie that kill(0) sees).
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                break
+        except ChildProcessError:
+            pass
+        try:
             os.kill(pid, 0)
         except ProcessLookupError:
             break
