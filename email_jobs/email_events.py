@@ -184,7 +184,7 @@ def unsubscribe_suppressions(
     for target, at in targets:
         source = UNSUBSCRIBE_SOURCE_PREFIX + target.campaign
         by_source.setdefault(source, []).append(
-            Suppression(target.address, "unsubscribe link", source, at)
+            Suppression(target.address, "unsubscribe link", source, at, target.entity_id)
         )
     return by_source
 
