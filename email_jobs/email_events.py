@@ -221,6 +221,15 @@ def store_events(wh: Warehouse, events: Sequence[EmailEvent]) -> int:
     return len(unique)
 
 
+def event_counts(wh: Warehouse) -> dict[str, int]:
+    """How many events of each type nudge.email_events holds (0 for a type not seen yet)."""
+    ensure_schema(wh)
+    counts = dict.fromkeys(sorted(EVENTS), 0)
+    for event, n in wh.fetchall("select event, count(*) from nudge.email_events group by event"):
+        counts[event] = int(n)
+    return counts
+
+
 def store_unsubscribes(wh: Warehouse, targets: Sequence[tuple[UnsubscribeTarget, datetime]]) -> int:
     """Suppress each target's address (source `unsubscribe:<campaign>`); idempotent: an
     address already suppressed by that source adds nothing. Returns the new rows."""
