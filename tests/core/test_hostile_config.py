@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from support.net import free_port
 from nudge.app.cli import main as nudge
 
 REPO = Path(__file__).resolve().parents[2]
+SEED_CAMPAIGNS = {"not_activated_7d", "too_many_4xx_7d"}
 
 
 @pytest.fixture
@@ -190,3 +192,52 @@ def test_run_refuses_smtp_and_sendgrid_without_signed_unsubscribe_links(
     assert not (env / "dagster_home").exists()
     assert not (env / "wh.duckdb").exists()
     assert not (env / "outbox").exists()
+
+
+@pytest.mark.integration
+def test_run_sends_without_signed_links_when_every_campaign_has_an_unsubscribe_group(
+    tmp_path: Path,
+) -> None:
+    """Every enabled campaign names a SendGrid unsubscribe group (SendGrid adds its own link):
+    the same settings that were refused above run, and mail goes out under the group."""
+    from support.project_copy import copy_project
+    from support.scenario import land_until, write_profiles
+
+    root = copy_project(tmp_path / "nudge")
+    yml = root / "dbt_project" / "models" / "cohorts" / "_cohorts__models.yml"
+    text = yml.read_text()
+    for campaign in SEED_CAMPAIGNS:  # the enabled ones; the playbooks ship disabled
+        marker = f"              template: {campaign}\n"
+        assert marker in text
+        text = text.replace(marker, marker + "              unsubscribe_group_id: 4242\n")
+    yml.write_text(text)
+    landing = tmp_path / "landing"
+    write_profiles(landing)
+    with FakeSendGrid(api_key="SG.test") as sg:
+        run_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("NUDGE_", "DAGSTER_", "SENDGRID_"))
+        }
+        run_env.update(
+            PYTHONPATH=str(root),
+            NUDGE_LANDING_DIR=str(landing),
+            NUDGE_WAREHOUSE=f"duckdb:///{tmp_path / 'wh.duckdb'}",
+            DAGSTER_HOME=str(tmp_path / "dagster_home"),
+            NUDGE_EMAIL_BACKEND="sendgrid",
+            SENDGRID_API_KEY="SG.test",
+            NUDGE_SENDGRID_HOST=sg.url,
+        )
+        for day in ("2026-03-10", "2026-03-11"):  # the baseline, then one entry a campaign
+            land_until(landing, date.fromisoformat(day))
+            done = subprocess.run(
+                [sys.executable, "-m", "nudge.app.cli", "run", "--as-of", day],
+                cwd=root, env=run_env, capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+        messages = list(sg.messages)
+    assert {m["custom_args"]["nudge_campaign"] for m in messages} == SEED_CAMPAIGNS
+    for m in messages:
+        assert m["asm"] == {"group_id": 4242}
+        for p in m["personalizations"]:
+            assert "List-Unsubscribe" not in (p.get("headers") or {})
