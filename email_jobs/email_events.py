@@ -184,7 +184,7 @@ def unsubscribe_suppressions(
     for target, at in targets:
         source = UNSUBSCRIBE_SOURCE_PREFIX + target.campaign
         by_source.setdefault(source, []).append(
-            Suppression(target.address, "unsubscribe link", source, at)
+            Suppression(target.address, "unsubscribe link", source, at, target.entity_id)
         )
     return by_source
 
@@ -219,6 +219,15 @@ def store_events(wh: Warehouse, events: Sequence[EmailEvent]) -> int:
                 [v for row in values for v in row],
             )
     return len(unique)
+
+
+def event_counts(wh: Warehouse) -> dict[str, int]:
+    """How many events of each type nudge.email_events holds (0 for a type not seen yet)."""
+    ensure_schema(wh)
+    counts = dict.fromkeys(sorted(EVENTS), 0)
+    for event, n in wh.fetchall("select event, count(*) from nudge.email_events group by event"):
+        counts[event] = int(n)
+    return counts
 
 
 def store_unsubscribes(wh: Warehouse, targets: Sequence[tuple[UnsubscribeTarget, datetime]]) -> int:

@@ -8,7 +8,8 @@ answer; a crash leaves either the whole file or none of it. The pipeline loads t
 into nudge.email_events and nudge.suppressions (both idempotent) and deletes each once committed:
 at each evaluation (before the suppression list is read) and before every claim-time screen of a
 send run, so an unsubscribe or a bounce stops the next batch ("at once"), while the send holds
-the writer lock.
+the writer lock; and in the Dagster asset `email_events` after the sends and `nudge report`,
+so the outcomes count what arrived since.
 
 On Postgres `nudge serve` writes directly and the spool stays empty.
 """

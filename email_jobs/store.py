@@ -103,6 +103,9 @@ DDL: tuple[str, ...] = (
     "alter table nudge.suppressions add column if not exists lifted_at timestamp",
     "alter table nudge.suppressions add column if not exists lifted_by varchar",
     "alter table nudge.suppressions add column if not exists lifted_reason text",
+    # An unsubscribe link's sighting: the member (campaign entity) whose message carried the
+    # link, so the outcomes credit that entry whoever of its recipients clicked.
+    "alter table nudge.suppressions add column if not exists entity_id varchar",
     # SendGrid's Event Webhook, as `nudge serve` receives it (email_jobs.email_events). One row
     # per (ledger key, recipient, event, SendGrid's timestamp, clicked URL): a redelivery, whose
     # sg_event_id may differ, finds its row already there. '' stands for an absent key/email/url.

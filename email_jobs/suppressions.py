@@ -62,6 +62,7 @@ class Suppression:
     reason: str | None
     source: str
     seen_at: datetime | None = None  # the source's own time of it (SendGrid's `created`)
+    entity_id: str | None = None  # unsubscribe links: the member whose message held the link
 
 
 @dataclass
@@ -288,12 +289,12 @@ def store_suppressions(wh: Warehouse, by_source: Sources) -> int:
 
 def _insert(wh: Warehouse, rows: Iterable[Suppression], added_by: str | None = None) -> None:
     now = utcnow()
-    values = [(r.email, r.reason, r.source, now, r.seen_at, added_by) for r in rows]
+    values = [(r.email, r.reason, r.source, now, r.seen_at, added_by, r.entity_id) for r in rows]
     for part in _chunks(values):
         wh.execute(
             "insert into nudge.suppressions "
-            "(email, reason, source, first_seen_at, source_time, added_by) values "
-            + ", ".join("(?, ?, ?, ?, ?, ?)" for _ in part),
+            "(email, reason, source, first_seen_at, source_time, added_by, entity_id) values "
+            + ", ".join("(?, ?, ?, ?, ?, ?, ?)" for _ in part),
             [v for row in part for v in row],
         )
 

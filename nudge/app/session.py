@@ -18,13 +18,13 @@ def command_settings() -> Settings:
 
 
 def prepare_pipeline(settings: Settings) -> None:
-    """Everything a Dagster run needs: the instance folder and a current dbt manifest."""
+    """Everything a Dagster run needs: the instance folder and a current dbt manifest. Every
+    refusal comes before the instance folder exists: a refused command starts nothing."""
     from nudge.app.preflight import check_ready
     from nudge.app.runner import ensure_dagster_home
     from nudge.core.dbt_project import ensure_manifest
 
     check_ready(settings)
-    ensure_dagster_home(settings)
     ensure_manifest()
     # A broken cohort yml or template fails here, in one line naming the model, rather than
     # deep inside the code location's loading.
@@ -42,6 +42,7 @@ def prepare_pipeline(settings: Settings) -> None:
         settings.email_backend,
         [(c.name, c.unsubscribe_group_id) for c in campaigns if c.enabled],
     )
+    ensure_dagster_home(settings)
 
 
 def dagster_instance():

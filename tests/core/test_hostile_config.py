@@ -6,14 +6,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
+from support.fake_sendgrid import FakeSendGrid
 from support.net import free_port
 
 from nudge.app.cli import main as nudge
 
 REPO = Path(__file__).resolve().parents[2]
+SEED_CAMPAIGNS = {"not_activated_7d", "too_many_4xx_7d"}
 
 
 @pytest.fixture
@@ -122,3 +128,124 @@ def test_as_a_command_the_exit_status_is_non_zero_and_stderr_is_one_line(env: Pa
         "Mail Send permission in SendGrid and set it"
     ]
     assert not (env / "dagster_home").exists()
+
+
+# -- smtp and sendgrid without signed unsubscribe links (contract "After the send") --------------
+
+
+class _Sink:
+    """An SMTP relay that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[list[str]] = []
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        self.envelopes.append(list(envelope.rcpt_tos))
+        return "250 OK"
+
+
+@contextmanager
+def _provider(backend: str) -> Iterator[tuple[dict[str, str], Callable[[], int]]]:
+    """A real relay for `backend`: the settings that reach it, and how many messages it got."""
+    if backend == "sendgrid":
+        with FakeSendGrid(api_key="SG.test") as sg:
+            yield (
+                {"SENDGRID_API_KEY": "SG.test", "NUDGE_SENDGRID_HOST": sg.url},
+                lambda: len(sg.messages),
+            )
+        return
+    sink = _Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield (
+            {"NUDGE_SMTP_HOST": "127.0.0.1", "NUDGE_SMTP_PORT": str(controller.port)},
+            lambda: len(sink.envelopes),
+        )
+    finally:
+        controller.stop()
+
+
+@pytest.mark.parametrize("backend", ["smtp", "sendgrid"])
+@pytest.mark.parametrize(
+    ("keys", "refusal"),
+    [
+        ({}, "NUDGE_SECRET_KEY and NUDGE_PUBLIC_URL: the {backend} backend needs them for the "
+         "unsubscribe link of every message (campaign 'not_activated_7d' names no "
+         "unsubscribe_group_id)"),
+        ({"NUDGE_SECRET_KEY": "a-long-random-secret-for-links"},
+         "NUDGE_PUBLIC_URL: unsubscribe links need both NUDGE_SECRET_KEY and NUDGE_PUBLIC_URL"),
+    ],
+    ids=["neither", "no public url"],
+)  # fmt: skip
+def test_run_refuses_smtp_and_sendgrid_without_signed_unsubscribe_links(
+    env: Path, backend: str, keys: dict[str, str], refusal: str
+) -> None:
+    """The seed campaigns name no SendGrid unsubscribe_group_id: without a secret and a public
+    URL their messages would carry no unsubscribe link, so `nudge run` refuses before any work."""
+    with _provider(backend) as (reach, delivered):
+        run_env = {**os.environ, "PYTHONPATH": str(REPO), "NUDGE_EMAIL_BACKEND": backend}
+        run_env.update(**reach, **keys)
+        done = subprocess.run(
+            [sys.executable, "-m", "nudge.app.cli", "run", "--as-of", "2026-03-10"],
+            env=run_env, cwd=env, check=False, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert delivered() == 0
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("nudge: " + refusal.format(backend=backend)), line
+    assert "a-long-random-secret" not in done.stderr
+    assert done.stdout == ""
+    # No run: no Dagster instance, no warehouse, nothing in the outbox.
+    assert not (env / "dagster_home").exists()
+    assert not (env / "wh.duckdb").exists()
+    assert not (env / "outbox").exists()
+
+
+@pytest.mark.integration
+def test_run_sends_without_signed_links_when_every_campaign_has_an_unsubscribe_group(
+    tmp_path: Path,
+) -> None:
+    """Every enabled campaign names a SendGrid unsubscribe group (SendGrid adds its own link):
+    the same settings that were refused above run, and mail goes out under the group."""
+    from support.project_copy import copy_project
+    from support.scenario import land_until, write_profiles
+
+    root = copy_project(tmp_path / "nudge")
+    yml = root / "dbt_project" / "models" / "cohorts" / "_cohorts__models.yml"
+    text = yml.read_text()
+    for campaign in SEED_CAMPAIGNS:  # the enabled ones; the playbooks ship disabled
+        marker = f"              template: {campaign}\n"
+        assert marker in text
+        text = text.replace(marker, marker + "              unsubscribe_group_id: 4242\n")
+    yml.write_text(text)
+    landing = tmp_path / "landing"
+    write_profiles(landing)
+    with FakeSendGrid(api_key="SG.test") as sg:
+        run_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("NUDGE_", "DAGSTER_", "SENDGRID_"))
+        }
+        run_env.update(
+            PYTHONPATH=str(root),
+            NUDGE_LANDING_DIR=str(landing),
+            NUDGE_WAREHOUSE=f"duckdb:///{tmp_path / 'wh.duckdb'}",
+            DAGSTER_HOME=str(tmp_path / "dagster_home"),
+            NUDGE_EMAIL_BACKEND="sendgrid",
+            SENDGRID_API_KEY="SG.test",
+            NUDGE_SENDGRID_HOST=sg.url,
+        )
+        for day in ("2026-03-10", "2026-03-11"):  # the baseline, then one entry a campaign
+            land_until(landing, date.fromisoformat(day))
+            done = subprocess.run(
+                [sys.executable, "-m", "nudge.app.cli", "run", "--as-of", day],
+                cwd=root, env=run_env, capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+        messages = list(sg.messages)
+    assert {m["custom_args"]["nudge_campaign"] for m in messages} == SEED_CAMPAIGNS
+    for m in messages:
+        assert m["asm"] == {"group_id": 4242}
+        for p in m["personalizations"]:
+            assert "List-Unsubscribe" not in (p.get("headers") or {})

@@ -322,8 +322,9 @@ def test_get_changes_nothing_post_unsubscribes_once_and_the_next_send_skips_the_
     assert (report.sent, report.suppressed) == (1, 1)
     sent = [message_from_bytes(p.read_bytes()) for p in settings.outbox_dir.glob("*.eml")]
     assert [m["To"] for m in sent] == ["b@example.com"]
-    active = "select email, source from nudge.suppressions where lifted_at is null"
-    assert table(settings, active) == [("a@example.com", "unsubscribe:hello")]
+    # The sighting keeps the member the link named: the outcomes credit that member's entry.
+    active = "select email, source, entity_id from nudge.suppressions where lifted_at is null"
+    assert table(settings, active) == [("a@example.com", "unsubscribe:hello", "a")]
 
 
 def test_on_postgres_serve_writes_directly_and_replays_are_stored_once(
@@ -342,9 +343,10 @@ def test_on_postgres_serve_writes_directly_and_replays_are_stored_once(
     assert table(settings, "select event from nudge.email_events order by 1") == [
         ("delivered",), ("spamreport",)
     ]  # fmt: skip
-    assert table(settings, "select email, source from nudge.suppressions order by 1") == [
-        ("five@example.com", "unsubscribe:hello"),
-        ("user1@example.com", "sendgrid_event:spamreport"),
+    rows = "select email, source, entity_id from nudge.suppressions order by 1"
+    assert table(settings, rows) == [
+        ("five@example.com", "unsubscribe:hello", "u5"),
+        ("user1@example.com", "sendgrid_event:spamreport", None),
     ]
 
 

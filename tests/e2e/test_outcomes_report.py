@@ -299,13 +299,36 @@ out = {}
 for event in result.get_asset_materialization_events():
     mat = event.event_specific_data.materialization
     out[mat.asset_key.to_user_string()] = {
-        k: v.value for k, v in mat.metadata.items() if isinstance(v.value, int | float)
+        k: [type(v).__name__, v.value]
+        for k, v in mat.metadata.items()
+        if isinstance(v.value, int | float)
     }
 print(json.dumps(out))
 """
 
 
+def spool_events(project: Copy) -> None:
+    """What `nudge serve` spools on DuckDB: two sent messages delivered (one delivery twice, as
+    SendGrid redelivers), one clicked."""
+    from email_jobs.email_events import EmailEvent
+    from email_jobs.event_spool import write_spool
+
+    (a, a_to), (b, b_to) = project.query(
+        "select ledger_key, recipient from nudge.send_ledger where state = 'sent' "
+        "order by ledger_key limit 2"
+    )
+    events = [
+        EmailEvent(a, a_to, "delivered", 1_773_100_000, ""),
+        EmailEvent(a, a_to, "delivered", 1_773_100_000, ""),
+        EmailEvent(b, b_to, "delivered", 1_773_100_001, ""),
+        EmailEvent(b, b_to, "click", 1_773_100_100, "https://example.com/docs"),
+    ]
+    folder = project.warehouse.with_name(project.warehouse.name + ".spool")
+    write_spool(folder, [{"kind": "event", **e.as_record()} for e in events])
+
+
 def test_dagster_outcomes_job_records_the_lift_as_numeric_metadata(project: Copy, report) -> None:
+    spool_events(project)
     proc = subprocess.run(
         [sys.executable, "-c", OUTCOMES_JOB],
         cwd=project.root, env=project.env, capture_output=True, text=True, timeout=600,
@@ -313,9 +336,20 @@ def test_dagster_outcomes_job_records_the_lift_as_numeric_metadata(project: Copy
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # sends -> email_events: the spooled events loaded once each, counted by type.
+    events = {k: v for k, (_, v) in out["email_events"].items()}
+    assert events["events/delivered"] == 2 and events["events/click"] == 1
+    assert events["events/bounce"] == 0 and events["loaded_events"] == 4
+    # -> the entries, which count them, -> the lift, as floats the UI plots.
     assert "outcomes/fct_campaign_entries" in out
+    assert project.query(
+        "select sum(delivered), sum(clicked) from analytics.fct_campaign_entries"
+    ) == [(2, 1)]
     lift = out["outcomes/fct_campaign_lift"]
-    assert lift[f"{CAMPAIGN}/lift"] == pytest.approx(0.5)
-    assert lift[f"{CAMPAIGN}/conversion_treatment"] == pytest.approx(0.7)
-    assert lift[f"{CAMPAIGN}/conversion_holdout"] == pytest.approx(0.2)
-    assert lift[f"{CAMPAIGN}/matured_holdout"] == 10
+    for key, value in (("lift", 0.5), ("conversion_treatment", 0.7), ("ci_low", None),
+                       ("conversion_holdout", 0.2)):  # fmt: skip
+        kind, number = lift[f"{CAMPAIGN}/{key}"]
+        assert kind == "FloatMetadataValue", (key, kind)
+        if value is not None:
+            assert number == pytest.approx(value)
+    assert lift[f"{CAMPAIGN}/matured_holdout"] == ["IntMetadataValue", 10]

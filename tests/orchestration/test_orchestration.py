@@ -49,12 +49,25 @@ def test_definitions_load_with_every_job_schedule_and_sensor(dbt_manifest) -> No
     keys = {k.to_user_string() for k in d.resolve_all_asset_keys()}
     assert {"raw/events", "raw/users", "raw/companies"} <= keys
     assert {"evaluations/too_many_4xx_7d", "sends/too_many_4xx_7d"} <= keys
-    # Did it work: the outcomes follow every campaign's sends.
+    # Did it work: every campaign's sends -> the delivery events -> the outcomes.
     graph = d.resolve_asset_graph()
-    entries = graph.get(dg.AssetKey(["outcomes", "fct_campaign_entries"]))
+    sends = {k for k in graph.get_all_asset_keys() if k.path[0] == "sends"}
     assert {"sends/too_many_4xx_7d", "sends/not_activated_7d"} <= {
-        k.to_user_string() for k in entries.parent_keys
+        k.to_user_string() for k in sends
     }
+    events = graph.get(dg.AssetKey(["email_events"]))
+    assert events.parent_keys == sends
+    assert events.group_name == "email"
+    entries = graph.get(dg.AssetKey(["outcomes", "fct_campaign_entries"]))
+    assert dg.AssetKey(["email_events"]) in entries.parent_keys
+    assert not entries.parent_keys & sends  # through the events, not around them
+
+    # The outcomes job loads the events before it builds on them; an evaluation does neither.
+    def job_keys(name: str) -> set[str]:
+        return {k.to_user_string() for k in d.resolve_job_def(name).asset_layer.selected_asset_keys}
+
+    assert {"email_events", "outcomes/fct_campaign_lift"} <= job_keys("nudge_outcomes")
+    assert not {"email_events", "outcomes/fct_campaign_lift"} & job_keys("nudge_evaluate")
     lift = graph.get(dg.AssetKey(["outcomes", "fct_campaign_lift"]))
     assert {k.to_user_string() for k in lift.parent_keys} == {"outcomes/fct_campaign_entries"}
 

@@ -150,16 +150,19 @@ def test_webserver_serves_the_whole_pipeline(
     assert SEED_CAMPAIGNS <= set(campaigns), f"seed campaigns missing: {set(campaigns)}"
 
     # Every asset, in its group: raw tables, every dbt model, and per campaign its evaluation
-    # and its sends; the `nudge` tables the outcome models read, as dbt sources; nothing else.
+    # and its sends; the delivery events; the other `nudge` tables the outcome models read, as
+    # dbt sources; nothing else.
     model_keys = {_key_of_model(nodes, m): m for m in models}
     nudge_sources = {
         ("nudge", s["name"]) for s in manifest["sources"].values() if s["source_name"] == "nudge"
     }
     assert ("nudge", "send_ledger") in nudge_sources
+    events = ("email_events",)  # the source nudge.email_events is this asset
     expected = (
         RAW_ASSETS
         | set(model_keys)
-        | nudge_sources
+        | (nudge_sources - {("nudge", "email_events")})
+        | {events}
         | {("evaluations", c) for c in campaigns}
         | {("sends", c) for c in campaigns}
     )
@@ -185,6 +188,15 @@ def test_webserver_serves_the_whole_pipeline(
         assert cohort_key in _upstream(nodes, ("evaluations", name))
         assert upstream_of_sends & RAW_ASSETS, f"sends/{name} does not trace back to raw/*"
     assert ("raw", "events") in _upstream(nodes, ("sends", "too_many_4xx_7d"))
+    # Did it work: every campaign's sends -> email_events -> the entries -> the lift.
+    entries = _key_of_model(nodes, "fct_campaign_entries")
+    lift = _key_of_model(nodes, "fct_campaign_lift")
+    assert nodes[events]["groupName"] == "email"
+    assert {tuple(d["path"]) for d in nodes[events]["dependencyKeys"]} == {
+        ("sends", c) for c in campaigns
+    }
+    assert events in {tuple(d["path"]) for d in nodes[entries]["dependencyKeys"]}
+    assert entries in {tuple(d["path"]) for d in nodes[lift]["dependencyKeys"]}
 
     # Asset checks: every dbt test on a model, the guards and the unknown-sends check.
     checks = {}

@@ -81,16 +81,38 @@ events as (
 
 ),
 
--- Unsubscribes through the message's own link (`nudge serve`): the recipient's suppression
--- from this campaign, first seen after the entry's message went out.
-link_unsubscribes as (
+-- Unsubscribes through a message's own link (`nudge serve`): a suppression from this campaign,
+-- first seen after the entry's message went out, by any recipient of it. Each recipient of a
+-- company email (every contact in To, the CCs) has a link naming the member, and the sighting
+-- keeps that member (entity_id): whoever clicked, the member's entry counts. Sightings stored
+-- before the member was kept match the entry's first To address. A member's unsubscribe is
+-- credited to one entry: its latest sent at or before the unsubscribe (a re-entry's message
+-- holds the newer link).
+link_unsubscribe_candidates as (
 
-    select distinct entries.ledger_key
+    select
+        entries.ledger_key,
+        row_number() over (
+            partition by s.email, s.source, s.first_seen_at
+            order by entries.sent_at desc, entries.ledger_key
+        ) as latest_first
+
     from entries
     inner join {{ source('nudge', 'suppressions') }} as s
-        on s.email = lower(entries.recipient)
-        and s.source = {{ dbt.concat(["'unsubscribe:'", 'entries.campaign']) }}
+        on s.source = {{ dbt.concat(["'unsubscribe:'", 'entries.campaign']) }}
         and s.first_seen_at >= entries.sent_at
+        and (
+            s.entity_id = entries.entity_id
+            or (s.entity_id is null and s.email = lower(entries.recipient))
+        )
+
+),
+
+link_unsubscribes as (
+
+    select distinct ledger_key
+    from link_unsubscribe_candidates
+    where latest_first = 1
 
 ),
 

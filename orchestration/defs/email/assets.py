@@ -28,6 +28,9 @@ from orchestration.defs.shared.tags import INGEST_RUNS_TAG
 from orchestration.defs.transform.assets import nudge_dbt_models
 
 OWNERS = ["team:crm"]
+# Delivery events after the sends (orchestration/defs/email/outcomes.py); the dbt source
+# nudge.email_events names this key (dbt_project/models/outcomes/_nudge__sources.yml).
+EMAIL_EVENTS_KEY = dg.AssetKey(["email_events"])
 
 
 def evaluation_key(campaign: Campaign) -> dg.AssetKey:

@@ -1,12 +1,14 @@
-"""Did it work? The outcome models (dbt tag nudge_outcomes) as assets downstream of the sends.
+"""Did it work? The delivery events and the outcome models (dbt tag nudge_outcomes) as assets
+downstream of the sends.
 
-`sends/<campaign>` -> `outcomes/fct_campaign_entries` -> `outcomes/fct_campaign_lift`. They are
-built in their own `dbt build` after a send run (the sensor below), never in the evaluation's
-build: they read what evaluations and sends recorded. The lift materialization carries each
-campaign's conversion and lift as numeric metadata, which the UI plots across runs.
-
-fct_campaign_entries reads nudge.email_events: what `nudge serve` stored (Postgres) or spooled
-(DuckDB; loaded here first, as the evaluation does, so the outcomes count it).
+`sends/<campaign>` -> `email_events` -> `outcomes/fct_campaign_entries` ->
+`outcomes/fct_campaign_lift`. `email_events` is nudge.email_events: what `nudge serve` stored
+(Postgres) or spooled (DuckDB; loaded by this asset, as the evaluation does, so the outcomes count
+it); the dbt source of that table names this asset (`meta.dagster.asset_key`), which is how the
+entries follow it. The outcome models are built in their own `dbt build` after a send run (the
+sensor below), never in the evaluation's build: they read what evaluations and sends recorded.
+The lift materialization carries each campaign's conversion and lift as numeric metadata, which
+the UI plots across runs.
 """
 
 import shutil
@@ -17,6 +19,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject, dbt_assets
 
 from email_jobs.campaigns import Campaign
+from email_jobs.email_events import event_counts
 from email_jobs.event_spool import load_spool
 from email_jobs.ledger import ensure_schema
 from email_jobs.report import build_report, read_entries
@@ -28,7 +31,7 @@ from nudge.core.dbt_project import (
 )
 from nudge.core.settings import dbt_env
 from nudge.core.warehouse import writer_lock
-from orchestration.defs.email.assets import sends_key
+from orchestration.defs.email.assets import EMAIL_EVENTS_KEY, OWNERS, sends_key
 from orchestration.defs.email.campaigns import manifest_campaigns
 from orchestration.defs.email.jobs import send_job
 from orchestration.defs.shared.resources import NudgeResource
@@ -41,11 +44,7 @@ LIFT_MODEL = "fct_campaign_lift"
 
 
 class OutcomesTranslator(NudgeDbtTranslator):
-    """Outcome models under `outcomes/`, in group `email`; the entries follow the sends."""
-
-    def __init__(self, upstream: list[dg.AssetKey]) -> None:
-        super().__init__()
-        self.upstream = upstream
+    """Outcome models under `outcomes/`, in group `email`."""
 
     def get_asset_spec(
         self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
@@ -54,12 +53,34 @@ class OutcomesTranslator(NudgeDbtTranslator):
         node = manifest.get("nodes", {}).get(unique_id) or {}
         if node.get("resource_type") != "model" or "nudge_outcomes" not in (node.get("tags") or []):
             return spec
-        spec = spec.replace_attributes(
+        return spec.replace_attributes(
             key=dg.AssetKey([OUTCOMES_PREFIX, node["name"]]), group_name="email"
         )
-        if node["name"] == ENTRIES_MODEL:
-            spec = spec.merge_attributes(deps=self.upstream)
-        return spec
+
+
+def build_email_events(campaigns: list[Campaign]) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=EMAIL_EVENTS_KEY,
+        deps=[sends_key(c) for c in campaigns],
+        group_name="email",
+        owners=OWNERS,
+        description="Delivery events (SendGrid's Event Webhook) and unsubscribes that `nudge "
+        "serve` received for the sends, in nudge.email_events and nudge.suppressions; counts by "
+        "event type.",
+    )
+    def email_events(nudge: NudgeResource) -> dg.MaterializeResult:
+        with nudge.warehouse() as wh:
+            loaded = load_spool(wh, nudge.settings())  # on Postgres `nudge serve` wrote them
+            counts = event_counts(wh)
+        return dg.MaterializeResult(
+            metadata={
+                **{f"events/{e}": dg.MetadataValue.int(n) for e, n in counts.items()},
+                "loaded_events": dg.MetadataValue.int(loaded.events),
+                "loaded_unsubscribes": dg.MetadataValue.int(loaded.unsubscribes),
+            }
+        )
+
+    return email_events
 
 
 def lift_metadata(report: dict[str, Any]) -> dict[str, Any]:
@@ -83,15 +104,14 @@ def build_outcomes_asset(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         project=DBT_PROJECT,
         select=OUTCOMES_SELECTION,
         name="nudge_outcome_models",
-        dagster_dbt_translator=OutcomesTranslator([sends_key(c) for c in campaigns]),
+        dagster_dbt_translator=OutcomesTranslator(),
     )
     def nudge_outcome_models(
         context: dg.AssetExecutionContext, dbt: DbtCliResource, nudge: NudgeResource
     ) -> Iterator[Any]:
         settings = nudge.settings()
         with nudge.warehouse() as wh:
-            ensure_schema(wh)
-            load_spool(wh, settings)  # what `nudge serve` spooled (DuckDB) counts here
+            ensure_schema(wh)  # the sources exist before any evaluation
         # dbt holds the DuckDB file while it runs: the lift is read after it exits, and the
         # lift model's materialization is yielded then, with it as metadata. The step hands dbt
         # the profile's variables itself, and no instant: the outcomes are as of the campaigns'
@@ -128,8 +148,10 @@ def build_outcomes_asset(campaigns: list[Campaign]) -> dg.AssetsDefinition:
 
 outcomes_job = dg.define_asset_job(
     "nudge_outcomes",
-    selection=dg.AssetSelection.key_prefixes([OUTCOMES_PREFIX]),
-    description="Build the outcome models (entries, conversion, lift) from the ledger and goals.",
+    selection=dg.AssetSelection.assets(EMAIL_EVENTS_KEY)
+    | dg.AssetSelection.key_prefixes([OUTCOMES_PREFIX]),
+    description="Load the delivery events, then build the outcome models (entries, conversion, "
+    "lift) from them, the ledger and the goals.",
     executor_def=dg.in_process_executor,
     tags=WRITER_TAGS,
 )
@@ -151,7 +173,7 @@ def defs() -> dg.Definitions:
     if not campaigns:
         return dg.Definitions()
     return dg.Definitions(
-        assets=[build_outcomes_asset(campaigns)],
+        assets=[build_email_events(campaigns), build_outcomes_asset(campaigns)],
         jobs=[outcomes_job],
         sensors=[outcomes_after_send],
     )
