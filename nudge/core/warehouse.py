@@ -117,7 +117,8 @@ class Warehouse:
         # database: schema.table resolves on every engine, a renamed warehouse file included.
         parts = relation_name.split(".")[-2:]
         if self.kind == "spark":
-            return ".".join(p.strip("`") for p in parts)
+            # The manifest may have been parsed for another target ("db"."schema"."table").
+            return ".".join(p.strip('`"') for p in parts)
         return ".".join(parts)
 
 
