@@ -1,6 +1,6 @@
 """Nudge's benchmark: ingestion, a first evaluation, incremental days, each against its baseline.
 
-    python benchmarks/run.py [--size 1m|10m|100m] [--postgres] [--memory-limit 2GB]
+    python benchmarks/run.py [--size 1m|10m|100m] [--postgres] [--spark] [--memory-limit 2GB]
                              [--workdir DIR] [--rounds N] [--keep] [--gzip] [--first-only]
     make bench BENCH_ARGS="--size 10m"
 
@@ -18,7 +18,10 @@ meaningful on a busy machine:
 3. one incremental day (`nudge run` after one more dt= folder lands) after 10 and after 60 days
    of history (the 10-day history is its own landing folder, ending on the same calendar day);
 4. `nudge run` on a tiny landing folder (the fixed costs), first and second run;
-5. with --postgres, the first full evaluation on a Postgres warehouse.
+5. with --postgres, the first full evaluation on a Postgres warehouse;
+6. with --spark, the first full evaluation and the incremental day on an embedded Spark
+   (spark://local[2], the state store on Postgres), as ratios to DuckDB's, with the seconds per
+   Dagster step (where the time goes) and the JVM's start on its own row.
 """
 
 from __future__ import annotations
@@ -101,9 +104,10 @@ class Deployment:
     landing: Path
     warehouse: str
     memory_limit: str
+    extra: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        return {
+        return self.extra | {
             "NUDGE_LANDING_DIR": str(self.landing),
             "NUDGE_WAREHOUSE": self.warehouse,
             "DAGSTER_HOME": str(self.home / "dagster_home"),
@@ -124,7 +128,15 @@ class Deployment:
     def members(self) -> dict[str, list[str]]:
         sql = "select entity_id from analytics.{}"
         out = {}
-        if self.warehouse.startswith("duckdb:"):
+        if self.warehouse.startswith(("spark:", "sc:")):
+            from pyspark.sql import SparkSession
+
+            port = self.extra["NUDGE_SPARK_CONNECT_PORT"]
+            spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
+            for cohort in ("not_activated_7d", "too_many_4xx_7d"):
+                rows = spark.sql(sql.format(f"cohort_{cohort}")).collect()
+                out[cohort] = sorted(r[0] for r in rows)
+        elif self.warehouse.startswith("duckdb:"):
             import duckdb
 
             con = duckdb.connect(self.warehouse.removeprefix("duckdb:///"), read_only=True)
@@ -234,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="1m")
     ap.add_argument("--postgres", action="store_true", help="also evaluate on Postgres")
+    ap.add_argument(
+        "--spark",
+        action="store_true",
+        help="also evaluate on an embedded Spark (spark://local[2], state on Postgres)",
+    )
     ap.add_argument("--memory-limit", default="2GB", help="DuckDB memory_limit (default 2GB)")
     ap.add_argument("--workdir", type=Path, help="where data goes (default: a temp folder)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of ingest vs read_json")
@@ -444,7 +461,104 @@ def run_benchmark(
     # 5. The same first evaluation on Postgres.
     if args.postgres:
         rows.append(postgres_evaluation(work, long_landing, held_long, last_day, fl, full, mem))
+    # 6. The first evaluation and the incremental day on Spark, the state on Postgres.
+    if args.spark:
+        rows += spark_evaluation(
+            work,
+            long_landing,
+            held_long,
+            last_day,
+            (full, fl.out["members"]),
+            (inc60, fl61.out["members"]),
+            mem,
+        )
     return rows
+
+
+def step_seconds(home: Path) -> dict[str, float]:
+    """Where the last `nudge run` of this deployment spent its time: seconds per Dagster step."""
+    import dagster as dg
+
+    os.environ["DAGSTER_HOME"] = str(home / "dagster_home")
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(limit=1)
+        stats = instance.get_run_step_stats(runs[0].run_id) if runs else []
+    times: dict[str, float] = {}
+    for st in stats:
+        if st.start_time and st.end_time:
+            # Per-campaign steps (evaluate__<campaign>...) add up under their kind.
+            kind = st.step_key.split("__")[0]
+            times[kind] = times.get(kind, 0.0) + st.end_time - st.start_time
+    return dict(sorted(times.items(), key=lambda kv: -kv[1])[:5])
+
+
+def spark_evaluation(
+    work: Path,
+    landing: Path,
+    held: Path,
+    day: date,
+    first_duck: tuple[Measured, dict[str, list[str]]],
+    inc_duck: tuple[Measured, dict[str, list[str]]],
+    mem: str,
+) -> list[Row]:
+    """Spark's first evaluation and incremental day, as ratios to DuckDB's in this run (each
+    with the floor's members as its oracle)."""
+    import socket
+
+    import psycopg2
+
+    (duck_first, first_floor), (duck_inc, inc_floor) = first_duck, inc_duck
+    if (landing / "events" / held.name).exists():  # --postgres may have held it back already
+        hold_back(landing, day + timedelta(days=1), held.parent)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    name = f"nudge_bench_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(f"{PG}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'create database "{name}"')
+    extra = {
+        "NUDGE_STATE_STORE": f"{PG}/{name}",
+        "NUDGE_SPARK_DIR": str(work / "spark" / "engine"),
+        "NUDGE_SPARK_CONNECT_PORT": str(port),
+    }
+    spark = Deployment(work / "spark", landing, "spark://local[2]", mem, extra)
+    start = step("spark_start", **{k.lower(): v for k, v in extra.items()})
+    try:
+        first = spark.run(day)
+        first_steps = step_seconds(spark.home)
+        same = check_members("Spark evaluation", spark.members(), first_floor)
+        land(held, landing)
+        inc = spark.run(day + timedelta(days=1))
+        inc_steps = step_seconds(spark.home)
+        same_inc = check_members("Spark incremental day", spark.members(), inc_floor)
+    finally:
+        step("spark_stop", **{k.lower(): v for k, v in extra.items()})
+        admin.cursor().execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+
+    def where(steps: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
+
+    return [
+        Row("embedded Spark start (JVM, Connect)", start.seconds, start.rss_mb),
+        Row(
+            "first evaluation on Spark",
+            first.seconds,
+            first.rss_mb,
+            "DuckDB",
+            f"{first.seconds / duck_first.seconds:.2f}x",
+            f"members identical: {same}; steps: {where(first_steps)}",
+        ),
+        Row(
+            f"incremental day on Spark, {HISTORY_DAYS} days",
+            inc.seconds,
+            inc.rss_mb,
+            "DuckDB",
+            f"{inc.seconds / duck_inc.seconds:.2f}x",
+            f"members identical: {same_inc}; steps: {where(inc_steps)}",
+        ),
+    ]
 
 
 def postgres_evaluation(

@@ -94,7 +94,39 @@ def floor(args: dict[str, Any]) -> dict[str, Any]:
     return {"members": {k: sorted(v) for k, v in members.items()}, "seconds": seconds}
 
 
-STEPS = {"generate": generate, "bare": bare, "ingest": ingest, "floor": floor}
+def _spark_settings(args: dict[str, Any]) -> Any:
+    from nudge.core.settings import Settings
+
+    return Settings(
+        warehouse="spark://local[2]",
+        state_store=args["nudge_state_store"],
+        spark_dir=args["nudge_spark_dir"],
+        spark_connect_port=int(args["nudge_spark_connect_port"]),
+        _env_file=None,
+    )
+
+
+def spark_start(args: dict[str, Any]) -> dict[str, Any]:
+    """Start the embedded Spark (JVM and Spark Connect): a cost a `nudge run` pays once."""
+    from nudge.core.spark import ensure_local_server
+
+    return {"remote": ensure_local_server(_spark_settings(args))}
+
+
+def spark_stop(args: dict[str, Any]) -> dict[str, Any]:
+    from nudge.core.spark import stop_local_server
+
+    return {"stopped": stop_local_server(_spark_settings(args))}
+
+
+STEPS = {
+    "generate": generate,
+    "bare": bare,
+    "ingest": ingest,
+    "floor": floor,
+    "spark_start": spark_start,
+    "spark_stop": spark_stop,
+}
 
 
 if __name__ == "__main__":
