@@ -34,12 +34,19 @@ def _parse(raw: bytes) -> tuple[Email, email.message.EmailMessage]:
 
 
 def _run_scenario(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delivered: Callable[[], list[bytes]]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    delivered: Callable[[], list[bytes]],
+    stores: dict[str, str] | None = None,
 ) -> dict[Email, email.message.EmailMessage]:
+    """Every evaluation of the scenario; `stores` sets NUDGE_WAREHOUSE (and NUDGE_STATE_STORE,
+    Spark's settings...) when not the default DuckDB file."""
     landing = tmp_path / "landing"
     write_profiles(landing)
     monkeypatch.setenv("NUDGE_LANDING_DIR", str(landing))
     monkeypatch.setenv("NUDGE_WAREHOUSE", f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    for name, value in (stores or {}).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
 
     expected: set[Email] = set()
@@ -66,11 +73,24 @@ def _check_content(messages: dict[Email, email.message.EmailMessage]) -> None:
 
 
 def test_scenario_outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    run_outbox_scenario(tmp_path, monkeypatch, capsys)
+
+
+def run_outbox_scenario(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stores: dict[str, str] | None = None,
+) -> None:
+    """The scenario through the outbox: exact emails, then `nudge status --json`'s counts."""
     outbox = tmp_path / "outbox"
     monkeypatch.setenv("NUDGE_EMAIL_BACKEND", "outbox")
     monkeypatch.setenv("NUDGE_OUTBOX_DIR", str(outbox))
     messages = _run_scenario(
-        tmp_path, monkeypatch, lambda: [p.read_bytes() for p in sorted(outbox.glob("*.eml"))]
+        tmp_path,
+        monkeypatch,
+        lambda: [p.read_bytes() for p in sorted(outbox.glob("*.eml"))],
+        stores,
     )
     _check_content(messages)
 
@@ -89,6 +109,13 @@ def test_scenario_outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 
 
 def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_smtp_scenario(tmp_path, monkeypatch)
+
+
+def run_smtp_scenario(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stores: dict[str, str] | None = None
+) -> None:
+    """The scenario through a real SMTP server: exact emails, CC copies, unsubscribe links."""
     from aiosmtpd.controller import Controller
 
     received: list[tuple[list[str], bytes]] = []
@@ -110,7 +137,10 @@ def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         # Each recipient gets their own copy (their own unsubscribe link): one email is the
         # copy its To receives; the CC'd engineer's copies are checked below.
         messages = _run_scenario(
-            tmp_path, monkeypatch, lambda: [raw for rcpts, raw in received if rcpts != [SE]]
+            tmp_path,
+            monkeypatch,
+            lambda: [raw for rcpts, raw in received if rcpts != [SE]],
+            stores,
         )
     finally:
         controller.stop()
