@@ -1,7 +1,8 @@
 """The spine's acceptance scenario: exact emails over a sequence of `nudge run` evaluations.
 
 Users sit on each side of every cohort boundary (see tests/support/scenario.py). The same
-scenario runs with the outbox backend and with SMTP against a real local SMTP server.
+scenario runs with the outbox backend and with SMTP against a real local SMTP server, and with
+the warehouse (DuckDB) and the state store (Postgres) in two databases.
 """
 
 from __future__ import annotations
@@ -34,12 +35,19 @@ def _parse(raw: bytes) -> tuple[Email, email.message.EmailMessage]:
 
 
 def _run_scenario(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delivered: Callable[[], list[bytes]]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    delivered: Callable[[], list[bytes]],
+    state_store: str | None = None,
 ) -> dict[Email, email.message.EmailMessage]:
     landing = tmp_path / "landing"
     write_profiles(landing)
     monkeypatch.setenv("NUDGE_LANDING_DIR", str(landing))
     monkeypatch.setenv("NUDGE_WAREHOUSE", f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    if state_store:
+        monkeypatch.setenv("NUDGE_STATE_STORE", state_store)
+    else:
+        monkeypatch.delenv("NUDGE_STATE_STORE", raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
 
     expected: set[Email] = set()
@@ -65,12 +73,21 @@ def _check_content(messages: dict[Email, email.message.EmailMessage]) -> None:
         assert "404" in body and "1000" in body.replace(",", "")
 
 
-def test_scenario_outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+@pytest.mark.parametrize(
+    "state", ["warehouse", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_scenario_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, request, state: str
+) -> None:
     outbox = tmp_path / "outbox"
     monkeypatch.setenv("NUDGE_EMAIL_BACKEND", "outbox")
     monkeypatch.setenv("NUDGE_OUTBOX_DIR", str(outbox))
+    state_store = request.getfixturevalue("postgres_database") if state == "postgres" else None
     messages = _run_scenario(
-        tmp_path, monkeypatch, lambda: [p.read_bytes() for p in sorted(outbox.glob("*.eml"))]
+        tmp_path,
+        monkeypatch,
+        lambda: [p.read_bytes() for p in sorted(outbox.glob("*.eml"))],
+        state_store,
     )
     _check_content(messages)
 
@@ -86,6 +103,13 @@ def test_scenario_outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
     assert sends["not_activated_7d"]["skipped"] == 1  # ua_noemail
     assert sends["too_many_4xx_7d"]["sent"] == 2
     assert sends["too_many_4xx_7d"]["skipped"] == 1  # ux_1000's re-entry inside the cooldown
+    if state_store:  # the ledger lives in the state store, and nothing of it in the warehouse
+        import duckdb
+
+        with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+            assert not con.execute(
+                "select count(*) from information_schema.tables where table_name = 'send_ledger'"
+            ).fetchone()[0]
 
 
 def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
