@@ -55,14 +55,18 @@ def due_step_entries(
     end: datetime,
     evaluation_id: str,
     guard_inputs: GuardInputs,
+    *,
+    state_db: Warehouse | None = None,
 ) -> list[NewEntry]:
-    """Ledger rows for the drip steps this evaluation finds due (see the module docstring)."""
+    """Ledger rows for the drip steps this evaluation finds due (see the module docstring).
+    The goal model is read from the warehouse `wh`, the ledger from `state_db` (default `wh`)."""
+    state_db = wh if state_db is None else state_db
     if len(campaign.steps) < 2 or guard_inputs.stale_reason:
         return []
     since = end - timedelta(days=campaign.steps[-1].delay_days) - LATE_LIMIT
     entries: dict[tuple[str, datetime], dict[int, tuple[str, str]]] = defaultdict(dict)
     for entity_id, entry_as_of, step, state, eval_id in store.drip_rows(
-        wh, campaign.name, since, end
+        state_db, campaign.name, since, end
     ):
         entries[(entity_id, entry_as_of)][step] = (state, eval_id)
     delays = [s.delay_days for s in campaign.steps]
@@ -88,13 +92,13 @@ def due_step_entries(
         if step is None:
             continue
         if entity_id not in members or store.absent_since(
-            wh, campaign.name, entity_id, entry_as_of, end
+            state_db, campaign.name, entity_id, entry_as_of, end
         ):
             continue  # left the cohort: the drip stops here
         if goal_met(conversions.get(entity_id, ()), entry_as_of=entry_as_of, end=end):
             continue  # the goal was met after the entry: the drip has done its work
         if suppressed is None:
-            suppressed = store.suppressed_emails(wh)
+            suppressed = store.suppressed_emails(state_db)
         row = members[entity_id]
         decision = decide_step(
             entity_id,

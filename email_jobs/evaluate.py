@@ -1,8 +1,10 @@
 """Evaluate one campaign at one instant: membership, entries, and a ledger row per entry.
 
-Contract sections "Emails: only to newly entered members" and "Guards". Everything an
-evaluation writes (membership, ledger rows, the evaluation row) lands in one transaction, so an
-evaluation is either completed or absent; "the previous evaluation" is always a completed one.
+Contract sections "Emails: only to newly entered members", "Guards" and "Warehouses". The
+cohort, its contacts, goal conversions and the guards' inputs are read from the warehouse;
+everything an evaluation writes (membership, ledger rows, the evaluation row) lands in the state
+store in one transaction, so an evaluation is either completed or absent; "the previous
+evaluation" is always a completed one.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ def evaluate_campaign(
     *,
     rejected_share: float | None = None,
     guard_inputs: GuardInputs | None = None,
+    state: Warehouse | None = None,
 ) -> EvaluationResult:
     """Evaluate `campaign` at `end` (naive UTC); raises EvaluationDeferred when the freshness
     guard fires (then nothing is recorded). Pass `guard_inputs` from `compute_guard_inputs` to
@@ -142,7 +145,9 @@ def evaluate_campaign(
     `rejected_share` (or the ingest of `run_id`) for the broken-export guard.
 
     Reads what the decisions need (email_jobs.decisions), decides, and records membership,
-    ledger rows and the evaluation in one transaction."""
+    ledger rows and the evaluation in one transaction. `wh` is the warehouse; `state` the state
+    store (the nudge.* tables), `wh` itself when omitted."""
+    state = wh if state is None else state
     if end.tzinfo is not None:
         raise ValueError(f"evaluation instant {end!r} must be naive UTC")
     if not campaign.enabled:  # callers skip disabled campaigns; nothing may record one
@@ -156,12 +161,13 @@ def evaluate_campaign(
     if guard_inputs.deferred_reason:
         raise EvaluationDeferred(guard_inputs.deferred_reason)
 
-    ensure_schema(wh)
+    ensure_schema(state)
     name = campaign.name
-    members = add_contacts(wh, campaign, read_cohort(wh, campaign))
-    previous = store.previous_evaluation(wh, name, end)
+    cohort = read_cohort(wh, campaign)
+    members = add_contacts(wh, campaign, cohort)
+    previous = store.previous_evaluation(state, name, end)
     who = who_entered(
-        store.members_at(wh, name, previous) if previous else None,
+        store.members_at(state, name, previous) if previous else None,
         members,
         baseline_first_run=campaign.baseline_first_run,
     )
@@ -174,7 +180,7 @@ def evaluate_campaign(
     new_entries: list[NewEntry] = []
     if not who.baseline:
         decisions, held_guards = _decide(
-            wh, campaign, end, members, who, entry_keys, guard_inputs, limits
+            state, campaign, end, members, who, entry_keys, guard_inputs, limits
         )
         guards.update(held_guards)
         new_entries = [
@@ -182,7 +188,9 @@ def evaluate_campaign(
         ]
     elif guard_inputs.broken_export_reason:
         guards["broken_export"] = guard_inputs.broken_export_reason
-    new_entries += due_step_entries(wh, campaign, members, end, eval_id, guard_inputs)
+    new_entries += due_step_entries(
+        wh, campaign, members, end, eval_id, guard_inputs, state_db=state
+    )
 
     kind: Literal["baseline", "diff"] = "baseline" if who.baseline else "diff"
     evaluation = store.EvaluationRow(
@@ -201,7 +209,7 @@ def evaluate_campaign(
         held=0,
         guard_reasons=list(guards.values()),
     )
-    inserted, states = _record(wh, campaign, evaluation, new_entries, entry_keys)
+    inserted, states = _record(wh, state, campaign, evaluation, new_entries, entry_keys, cohort)
     counts = Counter(s for s, _ in states.values())
     result = EvaluationResult(
         campaign=name,
@@ -227,21 +235,32 @@ def evaluate_campaign(
 
 def _record(
     wh: Warehouse,
+    state: Warehouse,
     campaign: Campaign,
     evaluation: store.EvaluationRow,
     new_entries: list[NewEntry],
     entry_keys: list[str],
+    cohort: dict[str, dict[str, Any]],
 ) -> tuple[int, dict[str, tuple[str, str | None]]]:
-    """Record the membership, the new ledger rows and the evaluation in one transaction:
-    (rows inserted, {entry key: (state, reason)} of this instant's entries)."""
-    with wh.transaction():
-        relation = wh.relation(campaign.relation_name)
-        store.record_membership(wh, campaign.name, campaign.cohort, relation, evaluation.as_of)
-        inserted = insert_entries(wh, new_entries)
-        states = store.ledger_states(wh, entry_keys)
+    """Record the membership, the new ledger rows and the evaluation in the state store, in one
+    transaction: (rows inserted, {entry key: (state, reason)} of this instant's entries)."""
+    with state.transaction():
+        if state is wh:  # one database: the membership is copied in SQL, rows never leave it
+            relation = wh.relation(campaign.relation_name)
+            store.record_membership(wh, campaign.name, campaign.cohort, relation, evaluation.as_of)
+        else:  # the cohort as read from the warehouse (read_cohort keeps the same row per member)
+            store.record_membership_rows(
+                state,
+                campaign.name,
+                campaign.cohort,
+                evaluation.as_of,
+                [(e, row.get("email")) for e, row in cohort.items()],
+            )
+        inserted = insert_entries(state, new_entries)
+        states = store.ledger_states(state, entry_keys)
         counts = Counter(s for s, _ in states.values())
         store.upsert_evaluation(
-            wh,
+            state,
             replace(
                 evaluation,
                 sendable=counts.get(State.PENDING, 0),

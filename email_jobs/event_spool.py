@@ -1,4 +1,4 @@
-"""A durable spool between `nudge serve` and a DuckDB state store.
+"""A durable spool between `nudge serve` and a DuckDB state store (NUDGE_STATE_STORE).
 
 DuckDB lets one process write a file at a time, and the pipeline may hold it for minutes (dbt, a
 send). `nudge serve` must answer SendGrid and a clicking recipient within a request's budget, so
@@ -38,8 +38,8 @@ BAD = "bad"
 
 
 def spool_dir(settings: Settings) -> Path | None:
-    """`<duckdb file>.spool` beside the warehouse; None on Postgres (written directly)."""
-    url = settings.warehouse_url
+    """`<duckdb file>.spool` beside the state store; None on Postgres (written directly)."""
+    url = settings.state_store_url
     if url.kind != "duckdb":
         return None
     return url.path.with_name(url.path.name + ".spool")
@@ -106,7 +106,7 @@ class SpoolLoad:
 
 
 def load_spool(wh: Warehouse, settings: Settings) -> SpoolLoad:
-    """Store every ready spool file of this warehouse (none on Postgres)."""
+    """Store every ready spool file of this state store `wh` (none on Postgres)."""
     return load_spool_folder(wh, spool_dir(settings))
 
 

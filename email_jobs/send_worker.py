@@ -28,7 +28,7 @@ from email_jobs.template_columns import load_campaigns
 from nudge.core.dbt_project import MANIFEST
 from nudge.core.instant import parse_as_of
 from nudge.core.settings import ConfigError, load_settings
-from nudge.core.warehouse import connect
+from nudge.core.warehouse import connect_state
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for campaign in campaigns:  # each verifies the credential before claiming anything
             report = send_campaign(
-                lambda: connect(settings),
+                lambda: connect_state(settings),
                 campaign,
                 backend,
                 settings,

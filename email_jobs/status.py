@@ -144,7 +144,11 @@ def _last_failure(wh: Warehouse) -> dict[str, Any] | None:
     return latest_failure(wh)
 
 
-def collect_status(wh: Warehouse, campaigns: Sequence[Campaign]) -> dict[str, Any]:
+def collect_status(
+    wh: Warehouse, campaigns: Sequence[Campaign], raw: Warehouse | None = None
+) -> dict[str, Any]:
+    """The state store `wh`'s campaigns and ledger, and the ingest counts of the warehouse
+    `raw` (`wh` itself when omitted)."""
     evaluations = _last_evaluations(wh)
     ledger = _ledger_counts(wh)
     held_out = _holdout_counts(wh)
@@ -175,7 +179,7 @@ def collect_status(wh: Warehouse, campaigns: Sequence[Campaign]) -> dict[str, An
             }
         )
     return {
-        "ingest": ingest_counts(wh),
+        "ingest": ingest_counts(wh if raw is None else raw),
         "campaigns": out_campaigns,
         "last_failure": _last_failure(wh),
     }

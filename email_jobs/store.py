@@ -698,6 +698,29 @@ def record_membership(
     )
 
 
+def record_membership_rows(
+    wh: Warehouse,
+    campaign: str,
+    cohort: str,
+    as_of: datetime,
+    members: Sequence[tuple[str, Any]],
+) -> None:
+    """Replace the campaign's membership at `as_of` with (entity_id, email) rows read from a
+    warehouse that is not the state store (batched)."""
+    wh.execute(
+        "delete from nudge.cohort_membership where campaign = ? and as_of = ?",
+        [campaign, as_of],
+    )
+    wh.executemany(
+        "insert into nudge.cohort_membership (campaign, cohort, as_of, entity_id, email) "
+        "values (?, ?, ?, ?, ?)",
+        [
+            (campaign, cohort, as_of, str(e), None if email is None else str(email))
+            for e, email in members
+        ],
+    )
+
+
 @dataclass(frozen=True)
 class EvaluationRow:
     evaluation_id: str

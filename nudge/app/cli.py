@@ -103,7 +103,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from email_jobs.status import collect_status
-    from nudge.core.warehouse import connect
+    from nudge.core.warehouse import connect_both
 
     settings = command_settings()
     from nudge.core.dbt_project import ensure_manifest
@@ -111,8 +111,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     ensure_manifest()
     from orchestration.defs.email.campaigns import manifest_campaigns
 
-    with connect(settings) as wh:
-        status = collect_status(wh, manifest_campaigns())
+    with connect_both(settings) as (wh, state):
+        status = collect_status(state, manifest_campaigns(), raw=wh)
     if args.json:
         print(json.dumps(status, default=str))
         return 0
@@ -149,7 +149,7 @@ def cmd_test_send(args: argparse.Namespace) -> int:
 def cmd_release(args: argparse.Namespace) -> int:
     from email_jobs.send import release
     from nudge.app.runner import run_sends
-    from nudge.core.warehouse import connect
+    from nudge.core.warehouse import connect_state
 
     settings = command_settings()
     prepare_pipeline(settings)
@@ -159,7 +159,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             f"campaign {campaign.name} is disabled (enabled: false in its yml): it sends nothing; "
             f"turn it on with NUDGE_ENABLED_CAMPAIGNS={campaign.name} or `enabled: true`"
         )
-    with connect(settings) as wh:
+    with connect_state(settings) as wh:
         released = release(wh, campaign, include_unknown=args.unknown)
     print(f"released {released} entr{'y' if released == 1 else 'ies'} of {campaign.name}")
     outcome = run_sends(dagster_instance(), campaign.name)
@@ -228,7 +228,7 @@ def cmd_suppress(args: argparse.Namespace) -> int:
         lift_suppression,
         list_suppressions,
     )
-    from nudge.core.warehouse import connect
+    from nudge.core.warehouse import connect_state
 
     if args.action == "list" and args.address:
         raise UserError("nudge suppress list takes no ADDRESS")
@@ -239,7 +239,7 @@ def cmd_suppress(args: argparse.Namespace) -> int:
     settings = command_settings()
     by = args.by or _operator()
     try:
-        with connect(settings) as wh:
+        with connect_state(settings) as wh:
             if args.action == "add":
                 added = add_suppression(wh, args.address, args.reason, by)
                 print(f"{args.address}: {'suppressed' if added else 'already suppressed'}")

@@ -30,7 +30,7 @@ from nudge.core.dbt_project import (
 )
 from nudge.core.instant import to_iso
 from nudge.core.settings import ConfigError, Settings
-from nudge.core.warehouse import Warehouse, connect, writer_lock
+from nudge.core.warehouse import Warehouse, connect, connect_state, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def diff_cohort(
     """Build the edited `model` beside the live one and compare its members with those the
     pipeline recorded at the cohort's last evaluation (or at `as_of`)."""
     notes: list[str] = []
-    with connect(settings) as wh:
+    with connect_state(settings) as wh:  # what the pipeline recorded
         last = _last_evaluation(wh, model)
         if as_of is None:
             if last is None:

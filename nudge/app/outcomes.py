@@ -22,6 +22,7 @@ from typing import Any
 
 from email_jobs.event_spool import load_spool
 from email_jobs.ledger import ensure_schema
+from email_jobs.state_copy import copy_state
 from nudge.core.dbt_project import (
     AS_OF_VARIABLE,
     DBT_PROJECT_DIR,
@@ -30,7 +31,7 @@ from nudge.core.dbt_project import (
 )
 from nudge.core.instant import to_iso
 from nudge.core.settings import ConfigError, Settings, dbt_env
-from nudge.core.warehouse import connect, writer_lock
+from nudge.core.warehouse import connect, connect_both, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,10 @@ def build_outcomes(
     settings: Settings, as_of: datetime | None, project_dir: Path = DBT_PROJECT_DIR
 ) -> None:
     """`dbt build` of the outcome models (and their data tests) at `as_of` (None: now)."""
-    with connect(settings) as wh:
-        ensure_schema(wh)  # a warehouse never evaluated still reports (nothing)
-        load_spool(wh, settings)  # what `nudge serve` spooled (DuckDB) counts in the report
+    with connect_both(settings) as (wh, state):
+        ensure_schema(state)  # a state store never evaluated still reports (nothing)
+        load_spool(state, settings)  # what `nudge serve` spooled (DuckDB) counts in the report
+        copy_state(state, wh)  # the outcome models read the state in the warehouse
     with tempfile.TemporaryDirectory(prefix="nudge-outcomes-") as tmp:
         work = Path(tmp)
         # dbt re-parses the whole project without its partial-parse state (seconds).

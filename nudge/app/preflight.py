@@ -32,6 +32,15 @@ def check_ready(settings: Settings, *, need_landing: bool = True) -> None:
 
         with connect(settings):
             pass
+    state = settings.state_store_url
+    if not settings.state_is_warehouse:
+        if state.kind == "duckdb":
+            _writable_dir(state.path.parent, "NUDGE_STATE_STORE")
+        else:
+            from nudge.core.warehouse import connect_state
+
+            with connect_state(settings):
+                pass
     if need_landing and not settings.landing_dir.is_dir():
         raise ConfigError(
             f"NUDGE_LANDING_DIR={settings.landing_dir}: no such folder; put the Moesif dumps there "

@@ -19,7 +19,7 @@ from nudge.core.dbt_project import DBT_PROJECT, dbt_environment, dbt_executable,
 from nudge.core.evaluation_lock import evaluation_lock, forget_builds, record_builds
 from nudge.core.instant import parse_as_of
 from nudge.core.settings import ConfigError, Settings
-from nudge.core.warehouse import connect, writer_lock
+from nudge.core.warehouse import connect, connect_state, writer_lock
 
 
 def _build_cohort(settings: Settings, campaign: Campaign, as_of: str) -> None:
@@ -31,8 +31,8 @@ def _build_cohort(settings: Settings, campaign: Campaign, as_of: str) -> None:
     end = parse_as_of(as_of)
     dbt = DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=dbt_executable())
     with evaluation_lock(settings):
-        with connect(settings) as wh:  # closed before dbt opens the (DuckDB) file
-            forget_builds(wh, [campaign.cohort])
+        with connect_state(settings) as state:  # closed before dbt opens the (DuckDB) file
+            forget_builds(state, [campaign.cohort])
         with tempfile.TemporaryDirectory(prefix="nudge-preview-") as tmp:
             # dagster-dbt echoes dbt's log lines on stdout, where the preview's paths go.
             with (
@@ -47,8 +47,8 @@ def _build_cohort(settings: Settings, campaign: Campaign, as_of: str) -> None:
                 ).wait()
         if not invocation.is_successful():
             raise RuntimeError(f"dbt run of {campaign.cohort} failed:\n{out.getvalue()[-2000:]}")
-        with connect(settings) as wh:
-            record_builds(wh, [campaign.cohort], end, "nudge-preview")
+        with connect_state(settings) as state:
+            record_builds(state, [campaign.cohort], end, "nudge-preview")
 
 
 def member_row(settings: Settings, campaign: Campaign, entity: str | None) -> dict[str, Any]:
@@ -65,17 +65,21 @@ def member_row(settings: Settings, campaign: Campaign, entity: str | None) -> di
             rows = wh.fetchdicts(f"select * from {rel} where entity_id = ?", [entity])
         if rows:
             return rows[0]
-        if entity is not None and wh.table_exists("nudge", "send_ledger"):
+    if entity is None:
+        raise ConfigError(f"no member in {campaign.cohort}; try another --entity or --as-of")
+    with connect_state(settings) as state:
+        if state.table_exists("nudge", "send_ledger"):
             # Not a member now: fall back to the row as it was when the entity last entered.
-            stored = wh.fetchone(
+            stored = state.fetchone(
                 "select payload from nudge.send_ledger where campaign = ? and entity_id = ? "
                 "order by entry_as_of desc limit 1",
                 [campaign.name, entity],
             )
             if stored:
                 return json.loads(stored[0])
-    who = f"entity {entity!r} is not a member of" if entity else "no member in"
-    raise ConfigError(f"{who} {campaign.cohort}; try another --entity or --as-of")
+    raise ConfigError(
+        f"entity {entity!r} is not a member of {campaign.cohort}; try another --entity or --as-of"
+    )
 
 
 def _safe(name: str) -> str:

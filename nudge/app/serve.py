@@ -133,7 +133,7 @@ class Recorder:
 
         from nudge.core.warehouse import Warehouse
 
-        url = self.settings.warehouse_url
+        url = self.settings.state_store_url
         conn = psycopg2.connect(
             host=url.host,
             port=url.port,

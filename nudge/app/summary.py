@@ -7,12 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from nudge.core.settings import Settings
-from nudge.core.warehouse import connect
+from nudge.core.warehouse import connect_state
 
 
 def evaluation_rows(settings: Settings, end: datetime) -> list[dict[str, Any]]:
     """Per campaign at instant `end`: members, entered, exited, and ledger states of its entries."""
-    with connect(settings) as wh:
+    with connect_state(settings) as wh:
         if not wh.table_exists("nudge", "evaluations"):
             return []
         evaluations = wh.fetchdicts(

@@ -1,4 +1,4 @@
-"""One evaluation at a time per warehouse, and a record of the instant each cohort was built for.
+"""One evaluation at a time per state store, and a record of the instant each cohort was built for.
 
 Cohort and mart tables are rebuilt per evaluation instant by `dbt build`, then read by the
 evaluation in a later step of the same run. Two runs of different instants at once (two
@@ -6,7 +6,10 @@ evaluation in a later step of the same run. Two runs of different instants at on
 evaluates tables run B built. The evaluation lock is held from before the dbt build until the
 evaluations are recorded:
 
-- DuckDB: an exclusive file lock on `<warehouse>.evaluate.lock`, beside the writer lock (which
+The lock lives in the state store (NUDGE_STATE_STORE, by default the warehouse), beside the
+ledger it protects:
+
+- DuckDB: an exclusive file lock on `<state store>.evaluate.lock`, beside the writer lock (which
   is released between the dbt step and the evaluation step, so it cannot serve);
 - Postgres: a session-level advisory lock on a dedicated connection (per database, so per
   warehouse); the server drops it when the holder's connection ends, crash included.
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from nudge.core.instant import to_iso
 from nudge.core.settings import Settings
-from nudge.core.warehouse import Warehouse, connect, duckdb_file_lock
+from nudge.core.warehouse import Warehouse, connect_state, duckdb_file_lock
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +66,20 @@ class HeldLock:
 
 
 def lock_file_path(settings: Settings) -> Path:
-    path = settings.warehouse_url.path
+    path = settings.state_store_url.path
     return path.with_name(path.name + ".evaluate")
 
 
 @contextmanager
 def evaluation_lock(settings: Settings, wait_s: float = WAIT_S) -> Iterator[HeldLock]:
-    """Hold the warehouse's evaluation lock, waiting for another holder to finish."""
-    url = settings.warehouse_url
+    """Hold the state store's evaluation lock, waiting for another holder to finish."""
+    url = settings.state_store_url
     if url.kind == "duckdb":
         # duckdb_file_lock appends `.lock`: the file is `<warehouse>.evaluate.lock`.
         with duckdb_file_lock(lock_file_path(settings), timeout_s=wait_s):
             yield HeldLock("duckdb")
         return
-    with connect(settings) as wh:
+    with connect_state(settings) as wh:
         wh.conn.autocommit = True
         got = wh.fetchone("select pg_try_advisory_lock(?)", [PG_LOCK_KEY])
         if not (got and got[0]):

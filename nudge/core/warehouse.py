@@ -188,6 +188,18 @@ def connect_state(settings: Settings) -> Iterator[Warehouse]:
 
 
 @contextmanager
+def connect_both(settings: Settings) -> Iterator[tuple[Warehouse, Warehouse]]:
+    """(warehouse, state store): one connection for both when one database holds both roles
+    (a second connection to the same DuckDB file would wait for the first's writer lock)."""
+    with connect(settings) as wh:
+        if settings.state_is_warehouse:
+            yield wh, wh
+            return
+        with connect_state(settings) as state:
+            yield wh, state
+
+
+@contextmanager
 def _open(url: WarehouseUrl, settings: Settings) -> Iterator[Warehouse]:
     if url.kind == "spark":
         from nudge.core.spark import spark_session

@@ -36,7 +36,7 @@ from email_jobs.message import DeliveryResult, OutgoingEmail
 from email_jobs.render import render_email
 from email_jobs.send import BACKOFF_CAP_S, backoff_delay, release, send_campaign
 from nudge.core.settings import Settings, WarehouseUrl
-from nudge.core.warehouse import Warehouse, connect
+from nudge.core.warehouse import Warehouse, connect_both, connect_state
 from nudge.ingest.schema import DDL as RAW_DDL
 
 D0 = datetime(2026, 1, 1)
@@ -61,10 +61,19 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# The exactly-once tests run again with the state store (the ledger) on Postgres and the
+# warehouse on DuckDB: `@STATES` on a test parametrizes `settings`.
+STATES = pytest.mark.parametrize(
+    "settings", ["warehouse", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    state = getattr(request, "param", "warehouse")
     return Settings(
         warehouse=f"duckdb:///{tmp_path}/wh.duckdb",
+        state_store=request.getfixturevalue("postgres_database") if state == "postgres" else None,
         outbox_dir=tmp_path / "outbox",
         send_concurrency=4,
         # What smtp and sendgrid need to start (signed unsubscribe links).
@@ -76,9 +85,10 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def open_wh(settings: Settings):
-    with connect(settings) as wh:
+    """Opens the state store (the ledger), as the send loop does."""
+    with connect_state(settings) as wh:
         ensure_schema(wh)
-    return lambda: connect(settings)
+    return lambda: connect_state(settings)
 
 
 def add_pending(
@@ -138,6 +148,7 @@ def send(open_wh, backend, settings, templates, campaign=CAMPAIGN, run_id=None, 
 # -- sending --------------------------------------------------------------------------------
 
 
+@STATES
 def test_sends_every_pending_row_once_in_batches(open_wh, settings, templates):
     entities = [f"u{i:02}" for i in range(45)]
     add_pending(open_wh, entities)
@@ -155,16 +166,24 @@ def test_sends_every_pending_row_once_in_batches(open_wh, settings, templates):
     assert (again.sent, len(backend.attempts)) == (0, 45)
 
 
+@STATES
 def test_the_claim_is_committed_before_the_provider_is_called(open_wh, settings, templates):
     add_pending(open_wh, ["a", "b"])
     seen: list[str] = []
 
     def look(email: OutgoingEmail) -> None:
+        if settings.state_store_url.kind == "postgres":  # another session
+            with connect_state(settings) as other:
+                row = other.fetchone(
+                    "select state from nudge.send_ledger where ledger_key = ?", [email.ledger_key]
+                )
+            seen.append(row[0] if row else "")
+            return
         # Another connection sees the row claimed while the provider call is in flight. (The
         # send holds Nudge's DuckDB file lock; a second in-process connection shares the
         # database and sees only what was committed.)
         conn = duckdb.connect(
-            str(settings.warehouse_url.path),
+            str(settings.state_store_url.path),
             config={
                 "memory_limit": settings.duckdb_memory_limit,
                 "preserve_insertion_order": False,
@@ -183,15 +202,15 @@ def test_the_claim_is_committed_before_the_provider_is_called(open_wh, settings,
     assert seen == ["claimed", "claimed"]
 
 
+@STATES
 def test_through_evaluation_render_and_the_outbox(open_wh, settings, templates):
-    with open_wh() as wh:
+    limits = GuardLimits.from_settings(settings)
+    with connect_both(settings) as (wh, state):
         _seed_events(wh, D0 - timedelta(days=10), D0 + timedelta(days=10))
         _set_cohort(wh, "cohort_hello", {"a": "a@example.com"})
-        evaluate_campaign(wh, CAMPAIGN, D0, GuardLimits.from_settings(settings), "r")
+        evaluate_campaign(wh, CAMPAIGN, D0, limits, "r", state=state)
         _set_cohort(wh, "cohort_hello", {"a": "a@example.com", "b": "b@example.com"})
-        evaluate_campaign(
-            wh, CAMPAIGN, D0 + timedelta(days=1), GuardLimits.from_settings(settings), "r"
-        )
+        evaluate_campaign(wh, CAMPAIGN, D0 + timedelta(days=1), limits, "r", state=state)
     backend = OutboxBackend(settings.outbox_dir)
     assert send(open_wh, backend, settings, templates).sent == 1
     (eml,) = settings.outbox_dir.glob("*.eml")
@@ -325,6 +344,7 @@ def test_on_unknown_resend_puts_a_dead_runs_claims_back(open_wh, settings, templ
     assert (report.recovered_resend, report.sent, report.unknown) == (2, 2, 0)
 
 
+@STATES
 def test_held_rows_go_out_only_after_release(open_wh, settings, templates):
     add_pending(open_wh, ["a", "b"], state=State.HELD)
     add_pending(open_wh, ["c"])
@@ -401,8 +421,41 @@ step = st.tuples(
 def test_no_entry_is_sent_twice_and_no_resend_inside_the_cooldown(
     templates, steps, cooldown, baseline, outcomes
 ):
-    campaign = replace(CAMPAIGN, cooldown_days=cooldown, baseline_first_run=baseline)
     wh = Warehouse(WarehouseUrl("duckdb:///unused.duckdb"), duckdb.connect())
+    exactly_once(wh, wh, templates, steps, cooldown, baseline, outcomes)
+
+
+@pytest.mark.postgres
+@hyp_settings(
+    max_examples=10,  # the same property; the split costs a Postgres round trip per statement
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(step, min_size=1, max_size=6),
+    cooldown=st.sampled_from([0, 3, 7, 30]),
+    baseline=st.booleans(),
+    outcomes=st.lists(
+        st.sampled_from(["sent", "sent", "retryable", "failed"]), min_size=1, max_size=5
+    ),
+)
+def test_exactly_once_with_the_state_store_on_postgres(
+    templates, postgres_database, steps, cooldown, baseline, outcomes
+):
+    settings = Settings(
+        warehouse="duckdb:///unused.duckdb", state_store=postgres_database, _env_file=None
+    )
+    wh = Warehouse(WarehouseUrl("duckdb:///unused.duckdb"), duckdb.connect())
+    with connect_state(settings) as state:
+        state.execute("drop schema if exists nudge cascade")  # one database for every example
+        state.commit()
+        exactly_once(wh, state, templates, steps, cooldown, baseline, outcomes)
+
+
+def exactly_once(wh, state, templates, steps, cooldown, baseline, outcomes) -> None:
+    """Evaluate and send through `steps` (the cohort in `wh`, the ledger in `state`); no entry
+    goes out twice, none inside the cooldown."""
+    campaign = replace(CAMPAIGN, cooldown_days=cooldown, baseline_first_run=baseline)
     settings = Settings(_env_file=None, send_concurrency=2)
     _seed_events(wh, D0 - timedelta(days=10), D0 + timedelta(days=42))
     cycle = iter(outcomes * 1000)
@@ -412,10 +465,15 @@ def test_no_entry_is_sent_twice_and_no_resend_inside_the_cooldown(
     for day, members, crash in steps:
         _set_cohort(wh, "cohort_hello", {e: f"{e}@example.com" for e in sorted(members)})
         evaluate_campaign(
-            wh, campaign, D0 + timedelta(days=day), GuardLimits.from_settings(settings), "eval"
+            wh,
+            campaign,
+            D0 + timedelta(days=day),
+            GuardLimits.from_settings(settings),
+            "eval",
+            state=state,
         )
         if crash:  # a run that claimed, delivered, and died before recording
-            for row in claim_batch(wh, campaign.name, f"dead-{uuid.uuid4().hex}", 2):
+            for row in claim_batch(state, campaign.name, f"dead-{uuid.uuid4().hex}", 2):
                 backend.send(
                     render_email(
                         campaign,
@@ -425,13 +483,13 @@ def test_no_entry_is_sent_twice_and_no_resend_inside_the_cooldown(
                         templates_dir=templates,
                     )
                 )
-        send(lambda: nullcontext(wh), backend, settings, templates, campaign=campaign)
+        send(lambda: nullcontext(state), backend, settings, templates, campaign=campaign)
 
     # What the provider accepted (including what dead runs delivered but never recorded).
     assert all(n == 1 for n in backend.sent.values()), backend.sent
     ledger = {
         k: (e, a, st_)
-        for k, e, a, st_ in wh.fetchall(
+        for k, e, a, st_ in state.fetchall(
             "select ledger_key, entity_id, entry_as_of, state from nudge.send_ledger"
         )
     }

@@ -1,7 +1,8 @@
 """The spine's acceptance scenario: exact emails over a sequence of `nudge run` evaluations.
 
 Users sit on each side of every cohort boundary (see tests/support/scenario.py). The same
-scenario runs with the outbox backend and with SMTP against a real local SMTP server.
+scenario runs with the outbox backend and with SMTP against a real local SMTP server, and with
+the warehouse (DuckDB) and the state store (Postgres) in two databases.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def _run_scenario(
     write_profiles(landing)
     monkeypatch.setenv("NUDGE_LANDING_DIR", str(landing))
     monkeypatch.setenv("NUDGE_WAREHOUSE", f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    monkeypatch.delenv("NUDGE_STATE_STORE", raising=False)
     for name, value in (stores or {}).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
@@ -72,8 +74,19 @@ def _check_content(messages: dict[Email, email.message.EmailMessage]) -> None:
         assert "404" in body and "1000" in body.replace(",", "")
 
 
-def test_scenario_outbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    run_outbox_scenario(tmp_path, monkeypatch, capsys)
+@pytest.mark.parametrize(
+    "state", ["warehouse", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_scenario_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, request, state: str
+) -> None:
+    """On DuckDB, with the state in the warehouse file or on its own Postgres."""
+    stores = (
+        {"NUDGE_STATE_STORE": request.getfixturevalue("postgres_database")}
+        if state == "postgres"
+        else None
+    )
+    run_outbox_scenario(tmp_path, monkeypatch, capsys, stores)
 
 
 def run_outbox_scenario(
@@ -106,6 +119,15 @@ def run_outbox_scenario(
     assert sends["not_activated_7d"]["skipped"] == 1  # ua_noemail
     assert sends["too_many_4xx_7d"]["sent"] == 2
     assert sends["too_many_4xx_7d"]["skipped"] == 1  # ux_1000's re-entry inside the cooldown
+    stores = stores or {}
+    if "NUDGE_STATE_STORE" in stores and "NUDGE_WAREHOUSE" not in stores:
+        # The ledger lives in the state store, and nothing of it in the DuckDB warehouse.
+        import duckdb
+
+        with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+            assert not con.execute(
+                "select count(*) from information_schema.tables where table_name = 'send_ledger'"
+            ).fetchone()[0]
 
 
 def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,12 +61,19 @@ def test_definitions_load_with_every_job_schedule_and_sensor(dbt_manifest) -> No
     entries = graph.get(dg.AssetKey(["outcomes", "fct_campaign_entries"]))
     assert dg.AssetKey(["email_events"]) in entries.parent_keys
     assert not entries.parent_keys & sends  # through the events, not around them
+    # The state tables the outcomes read: copied after the sends and the events (state_copy),
+    # under the keys of their dbt sources.
+    ledger = graph.get(dg.AssetKey(["nudge", "send_ledger"]))
+    assert ledger.parent_keys == sends | {dg.AssetKey(["email_events"])}
+    assert ledger.key in entries.parent_keys
 
     # The outcomes job loads the events before it builds on them; an evaluation does neither.
     def job_keys(name: str) -> set[str]:
         return {k.to_user_string() for k in d.resolve_job_def(name).asset_layer.selected_asset_keys}
 
-    assert {"email_events", "outcomes/fct_campaign_lift"} <= job_keys("nudge_outcomes")
+    assert {"email_events", "nudge/send_ledger", "outcomes/fct_campaign_lift"} <= job_keys(
+        "nudge_outcomes"
+    )
     assert not {"email_events", "outcomes/fct_campaign_lift"} & job_keys("nudge_evaluate")
     lift = graph.get(dg.AssetKey(["outcomes", "fct_campaign_lift"]))
     assert {k.to_user_string() for k in lift.parent_keys} == {"outcomes/fct_campaign_entries"}

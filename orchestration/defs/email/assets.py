@@ -120,10 +120,11 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         # the run's steps), so no other evaluation rebuilt the cohorts meanwhile; the recorded
         # build instants check it again.
         evaluation_lock.check()
-        with nudge.warehouse() as wh:
+        # The cohorts and the guards' inputs from the warehouse; what is recorded, in the state.
+        with nudge.both() as (wh, state):
             try:
                 for c in selected:
-                    check_built_for(wh, c.cohort, end)
+                    check_built_for(state, c.cohort, end)
             except CohortNotBuiltForInstant as exc:
                 raise dg.Failure(
                     description=f"Evaluation at {end:%Y-%m-%d %H:%M}Z refused: {exc}"
@@ -144,8 +145,8 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                 raise dg.Failure(
                     description=f"Evaluation at {end:%Y-%m-%d %H:%M}Z deferred: {deferred}"
                 )
-            load_spool(wh, settings)  # what `nudge serve` spooled (DuckDB) counts here
-            suppressions = sync_suppressions(wh, settings)
+            load_spool(state, settings)  # what `nudge serve` spooled (DuckDB) counts here
+            suppressions = sync_suppressions(state, settings)
             refused: list[str] = []
             for c in selected:
                 try:  # a yml without `columns:`: its templates against the built model
@@ -155,7 +156,7 @@ def build_evaluations(campaigns: list[Campaign]) -> dg.AssetsDefinition:
                     context.log.error(str(exc))
                     continue
                 result = evaluate_campaign(
-                    wh, c, end, limits, context.run.run_id, guard_inputs=guard_inputs
+                    wh, c, end, limits, context.run.run_id, guard_inputs=guard_inputs, state=state
                 )
                 context.log.info(result.summary())
                 yield dg.MaterializeResult(
@@ -211,7 +212,7 @@ def build_sends(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         try:
             for c in _selected(context, campaigns, sends_key):
                 report = send_campaign(
-                    nudge.warehouse, c, backend, settings, context.run.run_id, as_of=as_of
+                    nudge.state, c, backend, settings, context.run.run_id, as_of=as_of
                 )
                 context.log.info(report.summary())
                 yield dg.MaterializeResult(asset_key=sends_key(c), metadata=report.metadata())

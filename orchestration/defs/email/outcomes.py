@@ -1,14 +1,17 @@
 """Did it work? The delivery events and the outcome models (dbt tag nudge_outcomes) as assets
 downstream of the sends.
 
-`sends/<campaign>` -> `email_events` -> `outcomes/fct_campaign_entries` ->
-`outcomes/fct_campaign_lift`. `email_events` is nudge.email_events: what `nudge serve` stored
-(Postgres) or spooled (DuckDB; loaded by this asset, as the evaluation does, so the outcomes count
-it); the dbt source of that table names this asset (`meta.dagster.asset_key`), which is how the
-entries follow it. The outcome models are built in their own `dbt build` after a send run (the
-sensor below), never in the evaluation's build: they read what evaluations and sends recorded.
-The lift materialization carries each campaign's conversion and lift as numeric metadata, which
-the UI plots across runs.
+`sends/<campaign>` -> `email_events` -> `nudge/<table>` (step state_copy) ->
+`outcomes/fct_campaign_entries` -> `outcomes/fct_campaign_lift`. `email_events` is
+nudge.email_events: what `nudge serve` stored (Postgres) or spooled (DuckDB; loaded by this asset,
+as the evaluation does, so the outcomes count it); the dbt source of that table names this asset
+(`meta.dagster.asset_key`), which is how the entries follow it. The step `state_copy` copies the
+state tables the outcome models read into the warehouse when the state store is another database
+(email_jobs.state_copy); its assets carry the keys dagster-dbt gives those sources
+(`nudge/<table>`), so no other source needs mapping. The outcome models are built in their own
+`dbt build` after a send run (the sensor below), never in the evaluation's build: they read what
+evaluations and sends recorded. The lift materialization carries each campaign's conversion and
+lift as numeric metadata, which the UI plots across runs.
 """
 
 import shutil
@@ -23,6 +26,7 @@ from email_jobs.email_events import event_counts
 from email_jobs.event_spool import load_spool
 from email_jobs.ledger import ensure_schema
 from email_jobs.report import build_report, read_entries
+from email_jobs.state_copy import OUTCOME_SOURCES, copy_state
 from nudge.core.dbt_project import (
     AS_OF_VARIABLE,
     DBT_PROJECT,
@@ -39,6 +43,8 @@ from orchestration.defs.shared.tags import WRITER_TAGS
 from orchestration.defs.transform.assets import OUTCOMES_SELECTION, NudgeDbtTranslator
 
 OUTCOMES_PREFIX = "outcomes"
+# The other dbt sources the outcome models read, under the keys dagster-dbt gives them.
+STATE_COPY_KEYS = [dg.AssetKey(["nudge", t]) for t in OUTCOME_SOURCES if t != "email_events"]
 ENTRIES_MODEL = "fct_campaign_entries"
 LIFT_MODEL = "fct_campaign_lift"
 
@@ -69,9 +75,9 @@ def build_email_events(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         "event type.",
     )
     def email_events(nudge: NudgeResource) -> dg.MaterializeResult:
-        with nudge.warehouse() as wh:
-            loaded = load_spool(wh, nudge.settings())  # on Postgres `nudge serve` wrote them
-            counts = event_counts(wh)
+        with nudge.state() as state:
+            loaded = load_spool(state, nudge.settings())  # on Postgres `nudge serve` wrote them
+            counts = event_counts(state)
         return dg.MaterializeResult(
             metadata={
                 **{f"events/{e}": dg.MetadataValue.int(n) for e, n in counts.items()},
@@ -81,6 +87,44 @@ def build_email_events(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         )
 
     return email_events
+
+
+def build_state_copy(campaigns: list[Campaign]) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        name="state_copy",
+        specs=[
+            dg.AssetSpec(
+                key,
+                # After the sends and the delivery events: what they recorded is in the copy
+                # (nudge.email_events included, whose source is the email_events asset).
+                deps=[EMAIL_EVENTS_KEY, *(sends_key(c) for c in campaigns)],
+                group_name="email",
+                owners=OWNERS,
+                description=f"nudge.{key.path[-1]} as the outcome models read it in the "
+                "warehouse: copied whole from the state store when NUDGE_STATE_STORE is another "
+                "database (with nudge.email_events); the table itself when it is not.",
+            )
+            for key in STATE_COPY_KEYS
+        ],
+    )
+    def state_copy(nudge: NudgeResource) -> Iterator[dg.MaterializeResult]:
+        # Always in the graph, so the lineage is the same whatever the configuration.
+        copied: dict[str, int] = {}
+        if not nudge.settings().state_is_warehouse:
+            with nudge.both() as (wh, state):
+                copied = copy_state(state, wh)
+        for key in STATE_COPY_KEYS:
+            table = key.path[-1]
+            yield dg.MaterializeResult(
+                asset_key=key,
+                metadata=(
+                    {"copied_rows": dg.MetadataValue.int(copied[table])}
+                    if table in copied
+                    else {"copied": "nothing: the warehouse holds the state"}
+                ),
+            )
+
+    return state_copy
 
 
 def lift_metadata(report: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +154,8 @@ def build_outcomes_asset(campaigns: list[Campaign]) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, dbt: DbtCliResource, nudge: NudgeResource
     ) -> Iterator[Any]:
         settings = nudge.settings()
-        with nudge.warehouse() as wh:
-            ensure_schema(wh)  # the sources exist before any evaluation
+        with nudge.state() as state:
+            ensure_schema(state)  # the sources exist before any evaluation
         # dbt holds the DuckDB file while it runs: the lift is read after it exits, and the
         # lift model's materialization is yielded then, with it as metadata. The step hands dbt
         # the profile's variables itself, and no instant: the outcomes are as of the campaigns'
@@ -148,10 +192,11 @@ def build_outcomes_asset(campaigns: list[Campaign]) -> dg.AssetsDefinition:
 
 outcomes_job = dg.define_asset_job(
     "nudge_outcomes",
-    selection=dg.AssetSelection.assets(EMAIL_EVENTS_KEY)
+    selection=dg.AssetSelection.assets(EMAIL_EVENTS_KEY, *STATE_COPY_KEYS)
     | dg.AssetSelection.key_prefixes([OUTCOMES_PREFIX]),
-    description="Load the delivery events, then build the outcome models (entries, conversion, "
-    "lift) from them, the ledger and the goals.",
+    description="Load the delivery events, copy the state into the warehouse (when it is not "
+    "the state store), then build the outcome models (entries, conversion, lift) from them, the "
+    "ledger and the goals.",
     executor_def=dg.in_process_executor,
     tags=WRITER_TAGS,
 )
@@ -173,7 +218,11 @@ def defs() -> dg.Definitions:
     if not campaigns:
         return dg.Definitions()
     return dg.Definitions(
-        assets=[build_email_events(campaigns), build_outcomes_asset(campaigns)],
+        assets=[
+            build_email_events(campaigns),
+            build_state_copy(campaigns),
+            build_outcomes_asset(campaigns),
+        ],
         jobs=[outcomes_job],
         sensors=[outcomes_after_send],
     )

@@ -5,7 +5,7 @@ import dagster as dg
 from email_jobs.run_failures import record_failure
 from nudge.core.instant import instant_tags
 from nudge.core.settings import load_settings
-from nudge.core.warehouse import connect
+from nudge.core.warehouse import connect_state
 from orchestration.defs.email.jobs import evaluate_job, send_job
 from orchestration.defs.shared.instant import run_instant
 from orchestration.defs.shared.tags import EVALUATION_RUN_TAG
@@ -37,7 +37,7 @@ def send_after_evaluation(context: dg.RunStatusSensorContext) -> dg.RunRequest:
 )
 def record_run_failures(context: dg.RunFailureSensorContext) -> None:
     message = context.failure_event.message or "run failed"
-    with connect(load_settings()) as wh:
+    with connect_state(load_settings()) as wh:
         record_failure(wh, context.dagster_run.run_id, context.dagster_run.job_name, message)
 
 

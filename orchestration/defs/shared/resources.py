@@ -1,4 +1,5 @@
-"""Resources every domain uses: Nudge's settings and warehouse, dbt's CLI, the evaluation lock.
+"""Resources every domain uses: Nudge's settings, warehouse and state store, dbt's CLI, the
+evaluation lock.
 
 Each is bound with an empty config schema: nothing a run launch sets decides which program runs,
 which project is built or where mail goes.
@@ -14,7 +15,7 @@ from dagster_dbt import DbtCliResource
 from nudge.core.dbt_project import DBT_PROJECT, dbt_executable
 from nudge.core.evaluation_lock import HeldLock, evaluation_lock
 from nudge.core.settings import Settings, load_settings
-from nudge.core.warehouse import Warehouse, connect
+from nudge.core.warehouse import Warehouse, connect, connect_both, connect_state
 
 
 class NudgeResource(dg.ConfigurableResource):
@@ -25,8 +26,21 @@ class NudgeResource(dg.ConfigurableResource):
 
     @contextmanager
     def warehouse(self) -> Iterator[Warehouse]:
+        """The warehouse: raw.*, the dbt models, the cohorts."""
         with connect(self.settings()) as wh:
             yield wh
+
+    @contextmanager
+    def state(self) -> Iterator[Warehouse]:
+        """The state store: the nudge.* tables (ledger, membership, evaluations...)."""
+        with connect_state(self.settings()) as state:
+            yield state
+
+    @contextmanager
+    def both(self) -> Iterator[tuple[Warehouse, Warehouse]]:
+        """(warehouse, state store), one connection when one database holds both roles."""
+        with connect_both(self.settings()) as pair:
+            yield pair
 
 
 def locked(value: Any, description: str) -> dg.ResourceDefinition:

@@ -21,7 +21,7 @@ from nudge.core.dbt_project import (
     keep_partial_parse,
 )
 from nudge.core.evaluation_lock import HeldLock, forget_builds, record_builds
-from nudge.core.warehouse import connect, writer_lock
+from nudge.core.warehouse import connect_state, writer_lock
 from orchestration.defs.shared.instant import evaluation_instant
 from orchestration.defs.shared.partitions import days
 from orchestration.defs.shared.resources import NudgeResource
@@ -89,8 +89,8 @@ def nudge_dbt_models(
     evaluation_lock.check()
     cohorts = _cohort_models()
     selected = [m for m, key in cohorts.items() if key in context.selected_asset_keys]
-    with connect(settings) as wh:
-        forget_builds(wh, selected)
+    with connect_state(settings) as state:
+        forget_builds(state, selected)
     built: list[str] = []
     try:
         with writer_lock(settings), dbt_environment(dbt_invocation_env(settings, end)):
@@ -101,8 +101,8 @@ def nudge_dbt_models(
                 yield event
     finally:
         if built:
-            with connect(settings) as wh:
-                record_builds(wh, built, end, context.run.run_id)
+            with connect_state(settings) as state:
+                record_builds(state, built, end, context.run.run_id)
     keep_partial_parse(invocation.target_path, DBT_PROJECT.project_dir / "target")
     # Each invocation writes its own target folder; keep only failed ones (for debugging), or a
     # daily schedule grows the project folder without end.
