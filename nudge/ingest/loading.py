@@ -21,7 +21,7 @@ from nudge.core.warehouse import Warehouse
 from nudge.ingest.landing import LandingFile
 from nudge.ingest.read_together import BATCH, BatchFile
 from nudge.ingest.report import FileResult, Kind
-from nudge.ingest.schema import DDL
+from nudge.ingest.schema import DDL, spark_ddl
 from nudge.ingest.staging import COLUMNS, STAGED, StageCounts
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ _RAW_TABLE: dict[Kind, str] = {
 
 def ensure_schema(wh: Warehouse) -> None:
     """Create the raw tables if missing (plus, on Postgres, the indexes deduplication uses)."""
-    for ddl in DDL:
+    for ddl in spark_ddl() if wh.kind == "spark" else DDL:
         wh.execute(ddl)
     if wh.kind == "postgres":
         # DuckDB deduplicates with a hash anti-join; Postgres needs the index to stay fast.

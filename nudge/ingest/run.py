@@ -56,7 +56,8 @@ def ingest_pending(
 
     On a DuckDB warehouse, new event files are read together (`read_together`): the clean ones
     load together, in one transaction, with the result loading them one by one would give; the
-    others are read on their own. On Postgres every file is read on its own.
+    others are read on their own. On Postgres every file is read on its own. On Spark, Spark
+    reads them, in batches (`spark_reader`).
     """
     landing_dir = Path(landing_dir)
     run_id = run_id or f"ingest-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -66,13 +67,6 @@ def ingest_pending(
     known = _known_versions(wh)
     log.info("ingest %s: %d dump files under %s", run_id, len(files), landing_dir)
 
-    parser = wh.conn if wh.kind == "duckdb" else duckdb.connect()
-    prev = prepare(parser)
-    if wh.kind == "postgres":
-        wh.execute("select pg_advisory_lock(?)", [_PG_LOCK_KEY])
-    loader = Loader(wh, parser)
-    prefetch = Prefetch(_to_read(files, known))
-
     def emit(result: FileResult) -> None:
         report.files.append(result)
         msg = f"[{len(report.files)}/{len(files)}] {_describe(result)}"
@@ -80,6 +74,21 @@ def ingest_pending(
         if progress is not None:
             progress(msg)
 
+    if wh.kind == "spark":
+        # Spark reads the files itself; pyspark is imported only for a Spark warehouse.
+        from nudge.ingest.spark_reader import ingest_spark
+
+        ingest_spark(wh, files, known, run_id, emit)
+        report.newest_dt = _newest_dt(wh)
+        log.info(report.summary())
+        return report
+
+    parser = wh.conn if wh.kind == "duckdb" else duckdb.connect()
+    prev = prepare(parser)
+    if wh.kind == "postgres":
+        wh.execute("select pg_advisory_lock(?)", [_PG_LOCK_KEY])
+    loader = Loader(wh, parser)
+    prefetch = Prefetch(_to_read(files, known))
     run = _Run(known, loader, parser, run_id, prefetch, emit)
     try:
         with few_checkpoints(wh):

@@ -5,6 +5,8 @@ Portable DDL (DuckDB and Postgres). Times are stored as UTC `timestamp` without 
 
 from __future__ import annotations
 
+import re
+
 RAW_SCHEMA = "raw"
 
 DDL: tuple[str, ...] = (
@@ -94,3 +96,25 @@ DDL: tuple[str, ...] = (
     )
     """,
 )
+
+
+def spark_ddl() -> tuple[str, ...]:
+    """The same tables on Spark: Parquet, raw.events partitioned by its dump day (`dt`).
+
+    Derived from DDL so that the columns stay one list: Spark has no `varchar` without a length,
+    no `double precision`, and no NOT NULL on Parquet tables (every writer fills them anyway).
+    """
+    out: list[str] = []
+    for ddl in DDL:
+        if not ddl.lstrip().startswith("create table"):
+            continue  # Spark's databases are created with the session (nudge.core.spark)
+        text = re.sub(r"--[^\n]*", "", ddl)
+        text = re.sub(r"\bnot null\b", "", text)
+        text = re.sub(r"\bvarchar\b", "string", text)
+        text = re.sub(r"\bdouble precision\b", "double", text)
+        text = re.sub(r"\binteger\b", "int", text)
+        text = text.rstrip() + " using parquet"
+        if "raw.events (" in text:
+            text += " partitioned by (dt)"
+        out.append(text)
+    return tuple(out)
