@@ -25,10 +25,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
-from nudge.core.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings, WarehouseUrl
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+DEFAULT_CONNECT_PORT = 15002  # pyspark's, for sc://HOST without a port
 # A JVM, its Derby metastore and the gRPC service take 10-20 s to come up on 2 cores.
 START_TIMEOUT_S = 180.0
 
@@ -151,14 +154,55 @@ def ensure_local_server(settings: Settings) -> str:
     return remote
 
 
+@dataclass(frozen=True)
+class LocalServer:
+    """The embedded Spark's server as `nudge spark status` shows it (it has no token)."""
+
+    folder: Path
+    port: int
+    pid: int | None  # None: not running
+    answers: bool  # something accepts connections on the port (the server, once up)
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+def _server_pid(home: Path) -> int | None:
+    """The pid in `server.pid` if that process runs and is a Spark Connect server.
+
+    A pid file can outlive its server (a reboot, a killed JVM) and its number be reused by
+    an unrelated process: that one is neither reported as the server nor signalled."""
+    try:
+        pid = int((home / "server.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or another user's process
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")  # Linux; elsewhere the pid is trusted
+    # A zombie's command line is empty: it no longer runs.
+    if cmdline.parent.is_dir() and SERVER_CLASS.encode() not in cmdline.read_bytes():
+        return None
+    return pid
+
+
+def local_server_status(settings: Settings) -> LocalServer:
+    """Whether the embedded Spark of this Spark folder runs, and where."""
+    home = settings.spark_dir.resolve()
+    pid = _server_pid(home)
+    port = settings.spark_connect_port
+    return LocalServer(home, port, pid, _answers(port))
+
+
 def stop_local_server(settings: Settings) -> bool:
     """Stop the embedded Spark's server if this Spark folder started one: whether it ran."""
     home = settings.spark_dir.resolve()
-    pid_file = home / "server.pid"
-    if not pid_file.exists():
+    pid = _server_pid(home)
+    (home / "server.pid").unlink(missing_ok=True)
+    if pid is None:
         return False
-    pid = int(pid_file.read_text().strip() or 0)
-    pid_file.unlink(missing_ok=True)
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -192,11 +236,28 @@ def remote_url(settings: Settings) -> str:
 _SESSIONS: dict[str, Any] = {}
 
 
+def _check_reachable(url: WarehouseUrl) -> None:
+    """A Spark Connect server that does not answer fails in one line now; pyspark itself would
+    retry for minutes. The message names host and port only, never the URL's token."""
+    parsed = urlparse("http" + url.url[2:])  # sc://... as pyspark reads it
+    host, port = parsed.hostname or "", parsed.port or DEFAULT_CONNECT_PORT
+    try:
+        with socket.create_connection((host, port), timeout=10):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{url.env}: cannot reach the Spark Connect server at {host}:{port} "
+            f"({exc.strerror or exc}); check that it runs and the URL is right"
+        ) from None
+
+
 def spark_session(settings: Settings) -> SparkSession:
     """This process's Spark Connect session to the warehouse (one per URL, reused)."""
     remote = remote_url(settings)
     session = _SESSIONS.get(remote)
     if session is None:
+        if settings.warehouse_url.spark_remote:
+            _check_reachable(settings.warehouse_url)
         _pyspark_home()
         from pyspark.sql import SparkSession
 
