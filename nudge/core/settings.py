@@ -216,6 +216,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SENDGRID_WEBHOOK_PUBLIC_KEY", "sendgrid_webhook_public_key"),
     )
 
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        """repr() and str() mask the URLs' passwords and tokens, as SecretStr fields are."""
+        for name, value in super().__repr_args__():
+            if name in ("warehouse", "state_store") and isinstance(value, str):
+                value = _without_token(_without_password(value))
+            yield name, value
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, v: str | None) -> str | None:

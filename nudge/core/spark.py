@@ -234,6 +234,11 @@ def remote_url(settings: Settings) -> str:
 
 
 _SESSIONS: dict[str, Any] = {}
+SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.ansi.enabled": "false",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+}
 
 
 def _check_reachable(url: WarehouseUrl) -> None:
@@ -266,6 +271,10 @@ def spark_session(settings: Settings) -> SparkSession:
             # pandas frames (rows are collected as tuples).
             warnings.filterwarnings("ignore", category=FutureWarning, module="pyspark")
             session = SparkSession.builder.remote(remote).getOrCreate()
+        # What Nudge's SQL assumes, whatever a cluster's defaults (the embedded server sets
+        # the same server-wide; dbt's sessions get them from profiles.yml).
+        for key, value in SESSION_CONF.items():
+            session.conf.set(key, value)
         for schema in ("raw", "analytics", "nudge"):
             session.sql(f"create database if not exists {schema}")
         _SESSIONS[remote] = session

@@ -173,3 +173,16 @@ def test_nudge_spark_refuses_a_warehouse_that_is_not_spark(
     assert nudge(["spark", "status"]) == 2
     err = capsys.readouterr().err
     assert "is not a Spark warehouse" in err and "s3cret" not in err
+
+
+def test_settings_show_neither_the_token_nor_a_password() -> None:
+    """Settings end up in tracebacks and debug output: their repr masks what the URLs hold."""
+    from nudge.core.settings import Settings
+
+    settings = Settings(
+        warehouse=DATABRICKS, state_store="postgresql://nudge:pg-s3cret@db/nudge", _env_file=None
+    )
+    for shown in (repr(settings), str(settings)):
+        assert TOKEN not in shown and "pg-s3cret" not in shown
+        assert "token=***" in shown and "nudge:***@db" in shown
+    assert settings.warehouse_url.spark_remote == DATABRICKS  # the real one still connects
