@@ -57,7 +57,7 @@ CASES = [
     ("spark connect host", {"NUDGE_WAREHOUSE": "sc://@:443/;token=s3cret"},
      ["NUDGE_WAREHOUSE", "sc://HOST:PORT"]),
     ("spark connect down", {"NUDGE_WAREHOUSE": f"sc://127.0.0.1:{CLOSED_PORT}/;token=s3cret",
-                            "NUDGE_STATE_STORE": "postgresql://postgres@127.0.0.1:5432/nudge"},
+                            "NUDGE_STATE_STORE": "postgresql://postgres@127.0.0.1:5432/postgres"},
      ["NUDGE_WAREHOUSE", "cannot reach the Spark Connect server", f"127.0.0.1:{CLOSED_PORT}"]),
     ("state store on spark", {"NUDGE_STATE_STORE": "sc://127.0.0.1:15002"},
      ["NUDGE_STATE_STORE", "transactional"]),
