@@ -186,3 +186,19 @@ def test_settings_show_neither_the_token_nor_a_password() -> None:
         assert TOKEN not in shown and "pg-s3cret" not in shown
         assert "token=***" in shown and "nudge:***@db" in shown
     assert settings.warehouse_url.spark_remote == DATABRICKS  # the real one still connects
+
+
+def test_nudge_status_on_a_spark_connect_server_that_does_not_answer(
+    spark_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line naming host and port, at once (pyspark would retry for minutes), no token."""
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("NUDGE_WAREHOUSE", f"sc://127.0.0.1:{port}/;token={TOKEN}")
+    monkeypatch.setenv("NUDGE_STATE_STORE", "postgresql://postgres@127.0.0.1:5432/postgres")
+    assert nudge(["status"]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(
+        f"nudge: NUDGE_WAREHOUSE: cannot reach the Spark Connect server at 127.0.0.1:{port} ("
+    )
+    assert TOKEN not in captured.err + captured.out
