@@ -98,6 +98,23 @@ def _start_lock(home: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# What the embedded server's JVM inherits: what Spark needs, never Nudge's credentials. It has
+# no login, and Spark SQL reads its own environment (reflect('java.lang.System', 'getenv', ..)).
+_SERVER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "TZ")
+_SERVER_ENV_PREFIXES = ("LC_", "JAVA_", "_JAVA_", "JDK_", "SPARK_", "PYSPARK_", "HADOOP_")
+
+
+def server_environment() -> dict[str, str]:
+    """This process's environment cut to what the embedded Spark needs."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if (k in _SERVER_ENV or k.startswith(_SERVER_ENV_PREFIXES))
+        # A client's settings: the server would take itself for a client of another.
+        and k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")
+    }
+
+
 def ensure_local_server(settings: Settings) -> str:
     """The embedded Spark's Connect URL, starting its server if none answers."""
     url = settings.warehouse_url
@@ -105,11 +122,13 @@ def ensure_local_server(settings: Settings) -> str:
     port = settings.spark_connect_port
     home = settings.spark_dir.resolve()
     remote = f"sc://127.0.0.1:{port}"
-    if _answers(port) and (home / "server.pid").exists():
+    # The port answers for our server only while the process in server.pid runs (a port is
+    # bound once): a pid file alone would hand the warehouse to whatever took the port since.
+    if _answers(port) and _server_pid(home) is not None:
         return remote
     with _start_lock(home):
         if _answers(port):
-            if not (home / "server.pid").exists():
+            if _server_pid(home) is None:
                 raise ConfigError(
                     f"NUDGE_SPARK_CONNECT_PORT={port}: something else listens there; "
                     "choose another port for the embedded Spark"
@@ -125,7 +144,11 @@ def ensure_local_server(settings: Settings) -> str:
         for key, value in local_server_conf(settings, url.spark_master).items():
             cmd += ["--conf", f"{key}={value}"]
         log_path = home / "connect-server.log"
-        env = {**os.environ, "SPARK_HOME": str(spark_home), "PYSPARK_PYTHON": sys.executable}
+        env = {
+            **server_environment(),
+            "SPARK_HOME": str(spark_home),
+            "PYSPARK_PYTHON": sys.executable,
+        }
         log.info("starting the embedded Spark (%s) on 127.0.0.1:%s", url.spark_master, port)
         with log_path.open("ab") as out:
             proc = subprocess.Popen(

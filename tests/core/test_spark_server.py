@@ -202,3 +202,46 @@ def test_nudge_status_on_a_spark_connect_server_that_does_not_answer(
         f"nudge: NUDGE_WAREHOUSE: cannot reach the Spark Connect server at 127.0.0.1:{port} ("
     )
     assert TOKEN not in captured.err + captured.out
+
+
+def test_the_embedded_server_is_never_handed_a_port_another_program_took(
+    spark_env: Path,
+) -> None:
+    """Our server died, another program took its port, server.pid stayed: Nudge refuses that
+    port rather than sending the warehouse (and taking cohorts) from whoever listens there."""
+    from nudge.core.settings import ConfigError, load_settings
+    from nudge.core.spark import ensure_local_server
+
+    port = int(os.environ["NUDGE_SPARK_CONNECT_PORT"])
+    squatter = _start(["not-spark"], port)
+    spark_env.mkdir(parents=True)
+    (spark_env / "server.pid").write_text(str(squatter.pid))
+    try:
+        with pytest.raises(ConfigError, match=f"NUDGE_SPARK_CONNECT_PORT={port}: something else"):
+            ensure_local_server(load_settings(check=False))
+    finally:
+        os.killpg(squatter.pid, 9)
+        squatter.wait()
+
+
+def test_the_embedded_server_inherits_no_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It has no login and Spark SQL reads its environment (reflect(... 'getenv' ...)): what it
+    inherits is what Spark needs, none of Nudge's settings or secrets."""
+    from nudge.core.spark import server_environment
+
+    secrets = {
+        "SENDGRID_API_KEY": "SG.x",
+        "NUDGE_SMTP_PASSWORD": "x",
+        "NUDGE_SECRET_KEY": "x",
+        "NUDGE_WAREHOUSE": "spark://local[2]",
+        "NUDGE_STATE_STORE": "postgresql://u:x@db/nudge",
+        "DAGSTER_PG_PASSWORD": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "SPARK_REMOTE": "sc://127.0.0.1:1",  # dbt's, set once a server runs
+    }
+    needed = {"PATH": "/usr/bin", "HOME": "/home/n", "JAVA_HOME": "/jvm", "LC_ALL": "C.UTF-8"}
+    for name, value in {**secrets, **needed}.items():
+        monkeypatch.setenv(name, value)
+    env = server_environment()
+    assert needed.items() <= env.items()
+    assert not set(secrets) & set(env)
