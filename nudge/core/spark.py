@@ -204,11 +204,14 @@ def _server_pid(home: Path) -> int | None:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):  # gone, or another user's process
         return None
-    cmdline = Path(f"/proc/{pid}/cmdline")  # Linux; elsewhere the pid is trusted
-    # A zombie's command line is empty: it no longer runs.
-    if cmdline.parent.is_dir() and SERVER_CLASS.encode() not in cmdline.read_bytes():
+    proc = Path(f"/proc/{pid}")  # Linux; elsewhere the pid is trusted
+    if not Path("/proc/self").is_dir():
+        return pid
+    try:
+        cmdline = (proc / "cmdline").read_bytes()  # a zombie's is empty: it no longer runs
+    except OSError:  # it exited meanwhile
         return None
-    return pid
+    return pid if SERVER_CLASS.encode() in cmdline else None
 
 
 def local_server_status(settings: Settings) -> LocalServer:
