@@ -52,6 +52,7 @@ lock:
 	  .venv-lock/bin/pip freeze --exclude-editable | grep -vi '^nudge=='; } > requirements.lock
 	rm -rf .venv-lock
 	$(MAKE) runtime-lock
+	$(MAKE) spark-runtime-lock
 
 # The production images' lock: pyproject's runtime dependencies only (no dev extras), at the
 # versions of requirements.lock, each with its files' hashes (pip install --require-hashes).
