@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install install-spark spark-lock demo test test-fast lint bench lock runtime-lock clean
+.PHONY: install install-spark spark-lock spark-runtime-lock demo test test-fast lint bench lock runtime-lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Nudge needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
@@ -52,6 +52,7 @@ lock:
 	  .venv-lock/bin/pip freeze --exclude-editable | grep -vi '^nudge=='; } > requirements.lock
 	rm -rf .venv-lock
 	$(MAKE) runtime-lock
+	$(MAKE) spark-runtime-lock
 
 # The production images' lock: pyproject's runtime dependencies only (no dev extras), at the
 # versions of requirements.lock, each with its files' hashes (pip install --require-hashes).
@@ -75,4 +76,22 @@ spark-lock: install
 	{ sed -n '1,/^# Regenerate/p' requirements.spark.lock; \
 	  .venv-lock/bin/pip freeze | sort | comm -13 .venv-lock/base.txt -; } > requirements.spark.lock.new
 	mv requirements.spark.lock.new requirements.spark.lock
+	rm -rf .venv-lock
+	$(MAKE) spark-runtime-lock
+
+# The images' Spark locks (docker/docker-compose.spark.yml), hashed as runtime-lock's: the
+# runtime set plus nudge[spark] for the code image built with NUDGE_EXTRAS=spark, and pyspark
+# alone for the spark-connect server, at the versions of requirements.lock and
+# requirements.spark.lock.
+spark-runtime-lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet pip-tools==7.4.1
+	CUSTOM_COMPILE_COMMAND="make spark-runtime-lock" .venv-lock/bin/pip-compile --quiet \
+	  --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  --extra spark -c requirements.lock -c requirements.spark.lock \
+	  -o requirements.spark.runtime.lock pyproject.toml
+	grep '^pyspark==' requirements.spark.lock > .venv-lock/spark-connect.in
+	CUSTOM_COMPILE_COMMAND="make spark-runtime-lock" .venv-lock/bin/pip-compile --quiet \
+	  --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  -c requirements.spark.lock -o requirements.spark-connect.runtime.lock .venv-lock/spark-connect.in
 	rm -rf .venv-lock

@@ -262,6 +262,49 @@ def cmd_suppress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spark(args: argparse.Namespace) -> int:
+    from nudge.core.settings import load_settings
+    from nudge.core.spark import local_server_status, stop_local_server
+
+    # Only the warehouse's settings matter here: no state store or email backend is needed
+    # to stop a server, and loading them must not start one (command_settings would).
+    settings = load_settings(check=False)
+    url = settings.warehouse_url
+    if url.kind != "spark":
+        raise UserError(
+            f"NUDGE_WAREHOUSE={url.shown!r} is not a Spark warehouse; `nudge spark` manages the "
+            "embedded Spark of NUDGE_WAREHOUSE=spark://local[N]"
+        )
+    if url.spark_remote:
+        if args.action == "status":
+            print(f"Spark Connect server: {url.shown} (run by its operator, not by Nudge)")
+            return 0
+        raise UserError(
+            f"NUDGE_WAREHOUSE={url.shown!r} is a Spark Connect server run by someone else; "
+            "`nudge spark stop` stops only the embedded Spark (spark://local[N])"
+        )
+    server = local_server_status(settings)
+    if args.action == "stop":
+        if stop_local_server(settings):
+            print(f"stopped the embedded Spark (pid {server.pid}) on 127.0.0.1:{server.port}")
+        else:
+            print(f"the embedded Spark was not running (folder {server.folder})")
+        return 0
+    if server.running:
+        listening = "answering" if server.answers else "not answering yet: starting"
+        print(f"embedded Spark ({url.spark_master}): running, pid {server.pid}")
+    else:
+        listening = (
+            "another program listens there: choose another NUDGE_SPARK_CONNECT_PORT"
+            if server.answers
+            else "free"
+        )
+        print(f"embedded Spark ({url.spark_master}): not running")
+    print(f"port: 127.0.0.1:{server.port} ({listening})")
+    print(f"folder: {server.folder} (tables, metastore, connect-server.log)")
+    return 0 if server.running else 3
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -341,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--as-of", help="as of the campaigns' latest evaluation at this instant")
     sp.add_argument("--json", action="store_true", help='one object: {"campaigns": [...]}')
     sp.add_argument("--html", metavar="FILE", help="also write a page with charts to FILE")
+
+    sp = add("spark", cmd_spark, "the embedded Spark's server: status (exit 3: not running), stop")
+    sp.add_argument("action", choices=("status", "stop"))
 
     sp = add(
         "status", cmd_status, "campaigns, cohort sizes, last evaluation, ledger and ingest counts"

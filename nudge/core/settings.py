@@ -74,12 +74,7 @@ class WarehouseUrl:
             self.spark_master: str | None = master.group(0)
             self.spark_remote: str | None = None
         elif parsed.scheme == "sc":
-            host, _, port = parsed.netloc.partition(":")
-            if not host or (port and not port.isdigit()):
-                raise ConfigError(
-                    f"{env}={_without_token(url)!r}: a Spark Connect server is written "
-                    "sc://HOST:PORT (options after /;, e.g. sc://host:443/;use_ssl=true;token=...)"
-                )
+            _check_spark_connect(url, env)
             self.kind = "spark"
             self.spark_master = None
             self.spark_remote = self.url
@@ -110,6 +105,31 @@ class WarehouseUrl:
 
 
 _SPARK_LOCAL = re.compile(r"local(\[(\d+|\*)\])?")
+
+
+def _check_spark_connect(url: str, env: str) -> None:
+    """Refuse what pyspark's Spark Connect client would refuse: its messages echo the whole
+    URL, token included, so a bad URL must be caught here, in a message that masks it."""
+    shown = _without_token(url)
+    form = "sc://HOST:PORT (options after /;, e.g. sc://host:443/;use_ssl=true;token=...)"
+    parsed = urlparse("http" + url[2:])  # as pyspark reads it
+    try:
+        _ = parsed.port  # ValueError when it is not a number
+    except ValueError:
+        raise ConfigError(
+            f"{env}={shown!r}: the port is not a number from 1 to 65535; write {form}"
+        ) from None
+    if not parsed.hostname:
+        raise ConfigError(f"{env}={shown!r}: a Spark Connect server is written {form}")
+    if parsed.path not in ("", "/"):
+        raise ConfigError(f"{env}={shown!r}: no path after the host; write {form}")
+    for option in filter(None, parsed.params.split(";")):
+        if option.count("=") != 1:
+            key = option.split("=", 1)[0]
+            raise ConfigError(
+                f"{env}={shown!r}: the option {key!r} is written key=value with one '=' "
+                "(write an '=' inside a value as %3D)"
+            )
 
 
 def _without_token(url: str) -> str:
@@ -195,6 +215,13 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("SENDGRID_WEBHOOK_PUBLIC_KEY", "sendgrid_webhook_public_key"),
     )
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        """repr() and str() mask the URLs' passwords and tokens, as SecretStr fields are."""
+        for name, value in super().__repr_args__():
+            if name in ("warehouse", "state_store") and isinstance(value, str):
+                value = _without_token(_without_password(value))
+            yield name, value
 
     @field_validator("public_url")
     @classmethod
@@ -307,10 +334,14 @@ class Settings(BaseSettings):
         return self
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment; a validation error becomes a one-line ConfigError."""
+def load_settings(*, check: bool = True, **overrides: object) -> Settings:
+    """Settings from the environment; a validation error becomes a one-line ConfigError.
+
+    `check=False` skips the checks across settings (`Settings.check`), for commands that need
+    only a few of them (`nudge spark status` needs no state store or email backend)."""
     try:
-        return Settings(**overrides).check()  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        return settings.check() if check else settings
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"

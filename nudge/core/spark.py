@@ -25,10 +25,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
-from nudge.core.settings import ConfigError, Settings
+from nudge.core.settings import ConfigError, Settings, WarehouseUrl
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+DEFAULT_CONNECT_PORT = 15002  # pyspark's, for sc://HOST without a port
 # A JVM, its Derby metastore and the gRPC service take 10-20 s to come up on 2 cores.
 START_TIMEOUT_S = 180.0
 
@@ -95,6 +98,23 @@ def _start_lock(home: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# What the embedded server's JVM inherits: what Spark needs, never Nudge's credentials. It has
+# no login, and Spark SQL reads its own environment (reflect('java.lang.System', 'getenv', ..)).
+_SERVER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "TZ")
+_SERVER_ENV_PREFIXES = ("LC_", "JAVA_", "_JAVA_", "JDK_", "SPARK_", "PYSPARK_", "HADOOP_")
+
+
+def server_environment() -> dict[str, str]:
+    """This process's environment cut to what the embedded Spark needs."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if (k in _SERVER_ENV or k.startswith(_SERVER_ENV_PREFIXES))
+        # A client's settings: the server would take itself for a client of another.
+        and k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")
+    }
+
+
 def ensure_local_server(settings: Settings) -> str:
     """The embedded Spark's Connect URL, starting its server if none answers."""
     url = settings.warehouse_url
@@ -102,11 +122,13 @@ def ensure_local_server(settings: Settings) -> str:
     port = settings.spark_connect_port
     home = settings.spark_dir.resolve()
     remote = f"sc://127.0.0.1:{port}"
-    if _answers(port) and (home / "server.pid").exists():
+    # The port answers for our server only while the process in server.pid runs (a port is
+    # bound once): a pid file alone would hand the warehouse to whatever took the port since.
+    if _answers(port) and _server_pid(home) is not None:
         return remote
     with _start_lock(home):
         if _answers(port):
-            if not (home / "server.pid").exists():
+            if _server_pid(home) is None:
                 raise ConfigError(
                     f"NUDGE_SPARK_CONNECT_PORT={port}: something else listens there; "
                     "choose another port for the embedded Spark"
@@ -122,7 +144,11 @@ def ensure_local_server(settings: Settings) -> str:
         for key, value in local_server_conf(settings, url.spark_master).items():
             cmd += ["--conf", f"{key}={value}"]
         log_path = home / "connect-server.log"
-        env = {**os.environ, "SPARK_HOME": str(spark_home), "PYSPARK_PYTHON": sys.executable}
+        env = {
+            **server_environment(),
+            "SPARK_HOME": str(spark_home),
+            "PYSPARK_PYTHON": sys.executable,
+        }
         log.info("starting the embedded Spark (%s) on 127.0.0.1:%s", url.spark_master, port)
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
@@ -151,14 +177,58 @@ def ensure_local_server(settings: Settings) -> str:
     return remote
 
 
+@dataclass(frozen=True)
+class LocalServer:
+    """The embedded Spark's server as `nudge spark status` shows it (it has no token)."""
+
+    folder: Path
+    port: int
+    pid: int | None  # None: not running
+    answers: bool  # something accepts connections on the port (the server, once up)
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+def _server_pid(home: Path) -> int | None:
+    """The pid in `server.pid` if that process runs and is a Spark Connect server.
+
+    A pid file can outlive its server (a reboot, a killed JVM) and its number be reused by
+    an unrelated process: that one is neither reported as the server nor signalled."""
+    try:
+        pid = int((home / "server.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or another user's process
+        return None
+    proc = Path(f"/proc/{pid}")  # Linux; elsewhere the pid is trusted
+    if not Path("/proc/self").is_dir():
+        return pid
+    try:
+        cmdline = (proc / "cmdline").read_bytes()  # a zombie's is empty: it no longer runs
+    except OSError:  # it exited meanwhile
+        return None
+    return pid if SERVER_CLASS.encode() in cmdline else None
+
+
+def local_server_status(settings: Settings) -> LocalServer:
+    """Whether the embedded Spark of this Spark folder runs, and where."""
+    home = settings.spark_dir.resolve()
+    pid = _server_pid(home)
+    port = settings.spark_connect_port
+    return LocalServer(home, port, pid, _answers(port))
+
+
 def stop_local_server(settings: Settings) -> bool:
     """Stop the embedded Spark's server if this Spark folder started one: whether it ran."""
     home = settings.spark_dir.resolve()
-    pid_file = home / "server.pid"
-    if not pid_file.exists():
+    pid = _server_pid(home)
+    (home / "server.pid").unlink(missing_ok=True)
+    if pid is None:
         return False
-    pid = int(pid_file.read_text().strip() or 0)
-    pid_file.unlink(missing_ok=True)
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -190,6 +260,26 @@ def remote_url(settings: Settings) -> str:
 
 
 _SESSIONS: dict[str, Any] = {}
+SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.ansi.enabled": "false",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+}
+
+
+def _check_reachable(url: WarehouseUrl) -> None:
+    """A Spark Connect server that does not answer fails in one line now; pyspark itself would
+    retry for minutes. The message names host and port only, never the URL's token."""
+    parsed = urlparse("http" + url.url[2:])  # sc://... as pyspark reads it
+    host, port = parsed.hostname or "", parsed.port or DEFAULT_CONNECT_PORT
+    try:
+        with socket.create_connection((host, port), timeout=10):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{url.env}: cannot reach the Spark Connect server at {host}:{port} "
+            f"({exc.strerror or exc}); check that it runs and the URL is right"
+        ) from None
 
 
 def spark_session(settings: Settings) -> SparkSession:
@@ -197,6 +287,8 @@ def spark_session(settings: Settings) -> SparkSession:
     remote = remote_url(settings)
     session = _SESSIONS.get(remote)
     if session is None:
+        if settings.warehouse_url.spark_remote:
+            _check_reachable(settings.warehouse_url)
         _pyspark_home()
         from pyspark.sql import SparkSession
 
@@ -205,6 +297,10 @@ def spark_session(settings: Settings) -> SparkSession:
             # pandas frames (rows are collected as tuples).
             warnings.filterwarnings("ignore", category=FutureWarning, module="pyspark")
             session = SparkSession.builder.remote(remote).getOrCreate()
+        # What Nudge's SQL assumes, whatever a cluster's defaults (the embedded server sets
+        # the same server-wide; dbt's sessions get them from profiles.yml).
+        for key, value in SESSION_CONF.items():
+            session.conf.set(key, value)
         for schema in ("raw", "analytics", "nudge"):
             session.sql(f"create database if not exists {schema}")
         _SESSIONS[remote] = session

@@ -34,6 +34,7 @@ from nudge.core.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "docker-compose.yml"
+COMPOSE_SPARK = DOCKER / "docker-compose.spark.yml"  # layered over COMPOSE, `--profile spark`
 ENV_EXAMPLE = REPO / ".env.example"
 CONTRACT = REPO.parent / "shared" / "spec" / "contract.md"  # beside the clone on CI
 DAGSTER_SERVICES = ("user_code", "webserver", "daemon")
@@ -111,7 +112,7 @@ def settings_variables() -> set[str]:
 
 def test_compose_services_start_in_order_on_a_healthy_postgres() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", *DAGSTER_SERVICES, "proxy", "serve"}
+    assert set(services) == {"postgres", *DAGSTER_SERVICES, "proxy", "serve", "spark-connect"}
     # `nudge serve` runs the user-code image (built by user_code) on a healthy warehouse.
     assert services["serve"]["image"] == services["user_code"]["image"]
     assert services["serve"]["command"][:2] == ["nudge", "serve"]
@@ -189,9 +190,11 @@ def test_user_code_image_installs_the_lock_and_builds_the_manifest() -> None:
     steps = dockerfile(path)
     assert steps[0] == ("FROM", "python:3.11-slim")
     runs = [args for op, args in steps if op == "RUN"]
-    assert any(
-        "pip install --require-hashes --no-deps -r requirements.runtime.lock" in r for r in runs
-    )
+    [install] = [r for r in runs if "pip install --require-hashes" in r]
+    assert 'pip install --require-hashes --no-deps -r "$lock"' in install
+    # The lock is the runtime one, or with NUDGE_EXTRAS=spark the one that adds nudge[spark].
+    assert '"") lock=requirements.runtime.lock' in install
+    assert "spark) lock=requirements.spark.runtime.lock" in install
     assert any("pip install --no-deps -e ." in r for r in runs)
     assert any("dbt parse" in r and "--project-dir dbt_project" in r for r in runs)
     # Whatever the image copies, its .dockerignore lets into the build context.
@@ -256,7 +259,7 @@ def test_runtime_lock_pins_every_requirement_with_hashes_and_no_dev_tool() -> No
 
 
 def test_images_install_only_the_hashed_runtime_lock_and_copy_no_tests() -> None:
-    for name in ("Dockerfile.user_code", "Dockerfile.dagster"):
+    for name in ("Dockerfile.user_code", "Dockerfile.dagster", "Dockerfile.spark_connect"):
         steps = dockerfile(DOCKER / name)
         installs = [args for op, args in steps if op == "RUN" and "pip install" in args]
         locks = [a for a in installs if " -r " in a]
@@ -279,8 +282,11 @@ def compose_cli() -> list[str] | None:
     return [v1] if v1 else None
 
 
-def run_compose_config(tmp_path: Path, env_lines: list[str]) -> subprocess.CompletedProcess:
-    """`compose config` on a copy of docker/ with a .env beside it, as in a checkout."""
+def run_compose_config(
+    tmp_path: Path, env_lines: list[str], *, spark: bool = False
+) -> subprocess.CompletedProcess:
+    """`compose config` on a copy of docker/ with a .env beside it, as in a checkout; `spark`:
+    with docker-compose.spark.yml and its profile."""
     cli = compose_cli()
     if cli is None:
         pytest.skip("no Compose implementation (apt-get install docker-compose)")
@@ -288,8 +294,11 @@ def run_compose_config(tmp_path: Path, env_lines: list[str]) -> subprocess.Compl
     if not root.exists():
         shutil.copytree(DOCKER, root / "docker")
     (root / ".env").write_text("\n".join(env_lines) + "\n")
+    files = ["-f", "docker/docker-compose.yml"]
+    if spark:
+        files += ["-f", "docker/docker-compose.spark.yml", "--profile", "spark"]
     return subprocess.run(
-        [*cli, "--env-file", ".env", "-f", "docker/docker-compose.yml", "config"],
+        [*cli, "--env-file", ".env", *files, "config"],
         check=False,
         cwd=root,
         capture_output=True,
@@ -350,7 +359,8 @@ def test_env_example_lists_every_setting_and_every_compose_variable() -> None:
     listed = set(env_example())
     missing = settings_variables() - listed
     assert not missing, f".env.example lacks {sorted(missing)}"
-    interpolated = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    compose_text = COMPOSE.read_text() + COMPOSE_SPARK.read_text()
+    interpolated = set(re.findall(r"\$\{([A-Z0-9_]+)", compose_text))
     assert interpolated <= listed, f".env.example lacks {sorted(interpolated - listed)}"
 
 
@@ -793,3 +803,164 @@ def test_image_commands_serve_nudge_on_postgres(
     finally:
         procs.stop()
         instance.dispose()
+
+
+# ----------------------------------------------------------------------------- the spark profile
+
+
+def spark_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_SPARK.read_text())
+
+
+def conf_pairs(command: list[str]) -> dict[str, str]:
+    """`--conf key=value` arguments of a spark-submit command."""
+    assert command[::2] == ["--conf"] * (len(command) // 2), command
+    return dict(arg.split("=", 1) for arg in command[1::2])
+
+
+def test_spark_connect_runs_the_embedded_servers_confs_on_a_volume() -> None:
+    """The compose server is configured as nudge.core.spark configures the embedded one; only
+    where it listens, its master and its folder differ."""
+    from nudge.core.spark import local_server_conf
+
+    svc = service("spark-connect")
+    volume, landing = svc["volumes"]
+    name, home = volume.split(":")
+    # Ingestion passes the landing files' paths to Spark: the server sees them where the code
+    # location lists them, read-only.
+    user_code_landing = [v for v in service("user_code")["volumes"] if "/landing" in v]
+    assert [landing] == user_code_landing and landing.endswith(":ro")
+    assert landing.rsplit(":", 2)[1] == service("user_code")["environment"]["NUDGE_LANDING_DIR"]
+    assert name in compose()["volumes"]  # a named volume: the warehouse outlives the container
+    memory = "${NUDGE_SPARK_DRIVER_MEMORY:-2g}"
+    settings = Settings(
+        warehouse="spark://local[*]",
+        spark_dir=home,
+        spark_connect_port=15002,
+        spark_driver_memory=memory,
+        _env_file=None,
+    )
+    expected = local_server_conf(settings, "local[*]")
+    # Inside the compose network only (see the network test below).
+    expected["spark.connect.grpc.binding.address"] = "0.0.0.0"
+    assert conf_pairs(svc["command"]) == expected
+    steps = dockerfile(DOCKER / "Dockerfile.spark_connect")
+    assert ("WORKDIR", home) in steps
+    health = " ".join(svc["healthcheck"]["test"])
+    assert "15002" in health
+
+
+def test_spark_connect_is_reachable_by_user_code_alone_and_published_nowhere() -> None:
+    """Spark Connect has no login: the server listens on an internal network that only the
+    code location joins; the public-facing `nudge serve` and the Dagster UI cannot reach it."""
+    base, spark = compose(), spark_compose()
+    server = base["services"]["spark-connect"]
+    assert server["profiles"] == ["spark"]
+    assert "ports" not in server and "expose" not in server
+    assert server["networks"] == ["spark"]
+    assert base["networks"]["spark"] == {"internal": True}
+    for name, svc in base["services"].items():
+        if name != "spark-connect":
+            assert "spark" not in (svc.get("networks") or []), name
+    assert set(spark["services"]) == {"user_code", "serve"}
+    assert spark["services"]["user_code"]["networks"] == ["default", "spark"]
+    assert "networks" not in spark["services"]["serve"]
+    assert spark["services"]["user_code"]["depends_on"] == {
+        "spark-connect": {"condition": "service_healthy"}
+    }
+    port = conf_pairs(server["command"])["spark.connect.grpc.binding.port"]
+    for name in ("user_code", "serve"):
+        env = spark["services"][name]["environment"]
+        assert env["NUDGE_WAREHOUSE"] == f"sc://spark-connect:{port}", name
+        assert env["NUDGE_STATE_STORE"].startswith("postgresql://"), name
+
+
+def test_spark_images_install_hashed_locks_and_hold_no_secret() -> None:
+    """The server image: Debian's Java 17 and PyPI's pyspark at the version Nudge's client
+    runs, nothing else; the code image gets nudge[spark] only from a hashed lock."""
+    steps = dockerfile(DOCKER / "Dockerfile.spark_connect")
+    op, base = steps[0]
+    assert op == "FROM" and base.startswith("python:3.11-slim-bookworm"), base  # Debian 12
+    runs = " ".join(args for op, args in steps if op == "RUN")
+    assert "apt-get install -y --no-install-recommends openjdk-17-jre-headless" in runs
+    assert "pip install --require-hashes --no-deps -r" in runs
+    [entry] = [json.loads(args) for op, args in steps if op == "ENTRYPOINT"]
+    from nudge.core.spark import SERVER_CLASS
+
+    assert entry[0].endswith("pyspark/bin/spark-submit") and entry[1:] == ["--class", SERVER_CLASS]
+    assert [args for op, args in steps if op == "USER"] == ["spark"]
+    server_lock = REPO / "requirements.spark-connect.runtime.lock"
+    assert set(lock_pins(server_lock)) == {"pyspark", "py4j"}
+    spark_pins = lock_pins(REPO / "requirements.spark.lock")
+    for lock in (server_lock, REPO / "requirements.spark.runtime.lock"):
+        assert_hashed(lock)
+        pins = lock_pins(lock)
+        assert pins["pyspark"] == spark_pins["pyspark"], lock.name
+    # The code image with NUDGE_EXTRAS=spark: the runtime set plus the spark extra, at the
+    # versions `make install` and `make install-spark` put in .venv, and no dev tool.
+    spark_runtime = lock_pins(REPO / "requirements.spark.runtime.lock")
+    wanted = {**lock_pins(REPO / "requirements.runtime.lock"), **spark_pins}
+    assert spark_runtime == {p: v for p, v in wanted.items() if p in spark_runtime}
+    assert set(lock_pins(REPO / "requirements.runtime.lock")) <= set(spark_runtime)
+    assert {"dbt-spark", "pyspark", "pyarrow"} <= set(spark_runtime)
+    assert not [p for p in spark_runtime if p.startswith(DEV_TOOLS)]
+    # No credential is baked into any image: none is an ARG or ENV of any Dockerfile.
+    for path in DOCKER.glob("Dockerfile.*"):
+        if path.suffix == ".dockerignore":
+            continue
+        for op, args in dockerfile(path):
+            if op in ("ARG", "ENV"):
+                assert not re.search(r"PASSWORD|TOKEN|SECRET|_KEY", args), (path.name, args)
+    assert "!requirements.spark.runtime.lock" in (
+        (DOCKER / "Dockerfile.user_code.dockerignore").read_text().splitlines()
+    )
+
+
+def assert_hashed(path: Path) -> None:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    requirements = [
+        ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    assert requirements, path.name
+    for req in requirements:
+        assert re.match(r"^[A-Za-z0-9_.\-]+==\S+ ", req), req
+        assert "--hash=sha256:" in req, f"{path.name}: no hash for {req.split()[0]}"
+
+
+def test_compose_resolves_the_spark_profile_with_the_state_on_postgres(tmp_path: Path) -> None:
+    """`compose config` with docker-compose.spark.yml: the code location's warehouse is the
+    spark-connect service, its state store the warehouse role's Postgres database, whatever a
+    .env written for local use says; the server gets no secret."""
+    lines = [
+        *ENV_EXAMPLE.read_text().splitlines(),
+        *PASSWORDS,
+        "NUDGE_STATE_STORE=duckdb:///data/state.duckdb",  # a local .env's
+        "NUDGE_WAREHOUSE=sc://spark.example.com:443/;token=dapi-local-s3cret",
+    ]
+    proc = run_compose_config(tmp_path, lines, spark=True)
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)["services"]
+    values = env_example()
+    postgres = (
+        f"postgresql://{values['NUDGE_WAREHOUSE_USERNAME']}:wh-s3cret@postgres:5432/"
+        f"{values['NUDGE_WAREHOUSE_DB']}"
+    )
+    for name in ("user_code", "serve"):
+        env = resolved[name]["environment"]
+        assert env["NUDGE_WAREHOUSE"] == "sc://spark-connect:15002", name
+        assert env["NUDGE_STATE_STORE"] == postgres, name
+    assert resolved["user_code"]["build"]["args"] == {"NUDGE_EXTRAS": "spark"}
+    server = resolved["spark-connect"]
+    assert "ports" not in server and "environment" not in server
+    for secret in ("su-s3cret", "dg-s3cret", "wh-s3cret", "dapi-local-s3cret"):
+        assert secret not in json.dumps(server), secret
+    conf = conf_pairs(server["command"])
+    assert conf["spark.driver.memory"] == "2g"
+
+    # Without the spark file, the state store is the warehouse's database, not the local one.
+    proc = run_compose_config(tmp_path, lines)
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)["services"]
+    for name in ("user_code", "serve"):
+        assert resolved[name]["environment"]["NUDGE_STATE_STORE"] == "", name
+        assert resolved[name]["environment"]["NUDGE_WAREHOUSE"] == postgres, name
