@@ -93,15 +93,11 @@ def _write_sql(
     """Drop and recreate (a state table that gained a column is copied whole), in one
     transaction: dbt never reads a half-copied table."""
     ddl = ", ".join(f"{name} {column_types(kind)[0]}" for name, kind in columns)
-    names = ", ".join(name for name, _ in columns)
     with wh.transaction():
         wh.execute("create schema if not exists nudge")
         wh.execute(f"drop table if exists nudge.{table}")
         wh.execute(f"create table nudge.{table} ({ddl})")
-        wh.executemany(
-            f"insert into nudge.{table} ({names}) values ({', '.join('?' for _ in columns)})",
-            rows,
-        )
+        wh.insert_rows(f"nudge.{table}", [name for name, _ in columns], rows)
 
 
 def _write_spark(

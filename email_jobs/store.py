@@ -711,9 +711,9 @@ def record_membership_rows(
         "delete from nudge.cohort_membership where campaign = ? and as_of = ?",
         [campaign, as_of],
     )
-    wh.executemany(
-        "insert into nudge.cohort_membership (campaign, cohort, as_of, entity_id, email) "
-        "values (?, ?, ?, ?, ?)",
+    wh.insert_rows(
+        "nudge.cohort_membership",
+        ("campaign", "cohort", "as_of", "entity_id", "email"),
         [
             (campaign, cohort, as_of, str(e), None if email is None else str(email))
             for e, email in members

@@ -5,6 +5,7 @@ database records, and the outcome models' copy of the state is replaced, never a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from support.warehouse_seed import seed_events
 
 from email_jobs.campaigns import Campaign
 from email_jobs.evaluate import evaluate_campaign
-from email_jobs.guards import GuardLimits
+from email_jobs.guards import GuardInputs, GuardLimits
 from email_jobs.state_copy import OUTCOME_SOURCES, copy_state
 from nudge.core.settings import Settings
 from nudge.core.warehouse import Warehouse, connect_both
@@ -71,12 +72,18 @@ def recorded(state: Warehouse) -> dict[str, list[tuple]]:
     }
 
 
-@pytest.fixture
-def split(tmp_path: Path, postgres_database: str) -> Iterator[tuple[Warehouse, Warehouse]]:
-    """(DuckDB warehouse, Postgres state store)."""
-    settings = Settings(
-        warehouse=f"duckdb:///{tmp_path}/wh.duckdb", state_store=postgres_database, _env_file=None
+@pytest.fixture(params=["duckdb+postgres", "postgres+duckdb"])
+def split(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_database: str
+) -> Iterator[tuple[Warehouse, Warehouse]]:
+    """(warehouse, state store): DuckDB and Postgres, either way round."""
+    duck = f"duckdb:///{tmp_path}/db.duckdb"
+    warehouse, state = (
+        (duck, postgres_database)
+        if request.param == "duckdb+postgres"
+        else (postgres_database, duck)
     )
+    settings = Settings(warehouse=warehouse, state_store=state, _env_file=None)
     assert not settings.state_is_warehouse
     with connect_both(settings) as pair:
         yield pair
@@ -127,3 +134,41 @@ def test_one_database_copies_nothing(tmp_path: Path) -> None:
     with connect_both(settings) as (wh, state):
         assert copy_state(state, wh) == {}
         assert not wh.table_exists("nudge", "send_ledger")
+
+
+@pytest.mark.spark
+def test_on_spark_the_cohort_is_read_there_and_the_state_copied_back(
+    spark_warehouse: dict[str, str], postgres_database: str
+) -> None:
+    """Warehouse on Spark, state on Postgres: an evaluation records in Postgres, and the copy
+    lands in Spark's nudge database with its instants unchanged."""
+    settings = Settings(
+        warehouse=spark_warehouse["NUDGE_WAREHOUSE"],
+        spark_dir=spark_warehouse["NUDGE_SPARK_DIR"],
+        spark_connect_port=int(spark_warehouse["NUDGE_SPARK_CONNECT_PORT"]),
+        state_store=postgres_database,
+        _env_file=None,
+    )
+    campaign = replace(
+        CAMPAIGN, relation_name="`analytics`.`cohort_split`", baseline_first_run=False
+    )
+    with connect_both(settings) as (wh, state):
+        wh.execute(
+            "create table analytics.cohort_split using parquet as select * from values "
+            "('a', 'a@example.com'), ('b', ''), ('b', 'b@example.com') as t(entity_id, email)"
+        )
+        quiet = GuardInputs(D0, D0.date(), 10, 10, (10,) * 7, None, None, None, None)
+        result = evaluate_campaign(
+            wh, campaign, D0, GuardLimits(), "r", guard_inputs=quiet, state=state
+        )
+        assert result.entered == 2
+        assert sorted(state.fetchall("select entity_id, email from nudge.cohort_membership")) == [
+            ("a", "a@example.com"),
+            ("b", "b@example.com"),
+        ]
+        copied = copy_state(state, wh)
+        assert copied["send_ledger"] == 2 and copied["email_events"] == 0
+        assert sorted(wh.fetchall("select entity_id, entry_as_of from nudge.send_ledger")) == [
+            ("a", D0),
+            ("b", D0),
+        ]

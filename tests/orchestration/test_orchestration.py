@@ -74,7 +74,9 @@ def test_definitions_load_with_every_job_schedule_and_sensor(dbt_manifest) -> No
     assert {"email_events", "nudge/send_ledger", "outcomes/fct_campaign_lift"} <= job_keys(
         "nudge_outcomes"
     )
-    assert not {"email_events", "outcomes/fct_campaign_lift"} & job_keys("nudge_evaluate")
+    assert not {"email_events", "nudge/send_ledger", "outcomes/fct_campaign_lift"} & job_keys(
+        "nudge_evaluate"
+    )
     lift = graph.get(dg.AssetKey(["outcomes", "fct_campaign_lift"]))
     assert {k.to_user_string() for k in lift.parent_keys} == {"outcomes/fct_campaign_entries"}
 

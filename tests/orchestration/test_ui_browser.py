@@ -150,8 +150,8 @@ def test_webserver_serves_the_whole_pipeline(
     assert SEED_CAMPAIGNS <= set(campaigns), f"seed campaigns missing: {set(campaigns)}"
 
     # Every asset, in its group: raw tables, every dbt model, and per campaign its evaluation
-    # and its sends; the delivery events; the other `nudge` tables the outcome models read, as
-    # dbt sources; nothing else.
+    # and its sends; the delivery events; the other `nudge` tables the outcome models read (the
+    # state_copy step's assets, under their dbt sources' keys); nothing else.
     model_keys = {_key_of_model(nodes, m): m for m in models}
     nudge_sources = {
         ("nudge", s["name"]) for s in manifest["sources"].values() if s["source_name"] == "nudge"

@@ -16,6 +16,7 @@ from email_jobs.evaluate import (
 )
 from email_jobs.event_spool import load_spool
 from email_jobs.send import send_campaign
+from email_jobs.state_copy import OUTCOME_SOURCES
 from email_jobs.suppressions import sync_suppressions
 from email_jobs.template_columns import check_built_columns
 from nudge.core.evaluation_lock import CohortNotBuiltForInstant, HeldLock, check_built_for
@@ -31,6 +32,9 @@ OWNERS = ["team:crm"]
 # Delivery events after the sends (orchestration/defs/email/outcomes.py); the dbt source
 # nudge.email_events names this key (dbt_project/models/outcomes/_nudge__sources.yml).
 EMAIL_EVENTS_KEY = dg.AssetKey(["email_events"])
+# The other state tables the outcome models read, copied into the warehouse after the sends
+# (outcomes.py's state_copy), under the keys dagster-dbt gives their dbt sources.
+STATE_COPY_KEYS = [dg.AssetKey(["nudge", t]) for t in OUTCOME_SOURCES if t != "email_events"]
 
 
 def evaluation_key(campaign: Campaign) -> dg.AssetKey:

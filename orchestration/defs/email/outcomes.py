@@ -26,7 +26,7 @@ from email_jobs.email_events import event_counts
 from email_jobs.event_spool import load_spool
 from email_jobs.ledger import ensure_schema
 from email_jobs.report import build_report, read_entries
-from email_jobs.state_copy import OUTCOME_SOURCES, copy_state
+from email_jobs.state_copy import copy_state
 from nudge.core.dbt_project import (
     AS_OF_VARIABLE,
     DBT_PROJECT,
@@ -35,7 +35,7 @@ from nudge.core.dbt_project import (
 )
 from nudge.core.settings import dbt_env
 from nudge.core.warehouse import writer_lock
-from orchestration.defs.email.assets import EMAIL_EVENTS_KEY, OWNERS, sends_key
+from orchestration.defs.email.assets import EMAIL_EVENTS_KEY, OWNERS, STATE_COPY_KEYS, sends_key
 from orchestration.defs.email.campaigns import manifest_campaigns
 from orchestration.defs.email.jobs import send_job
 from orchestration.defs.shared.resources import NudgeResource
@@ -43,8 +43,6 @@ from orchestration.defs.shared.tags import WRITER_TAGS
 from orchestration.defs.transform.assets import OUTCOMES_SELECTION, NudgeDbtTranslator
 
 OUTCOMES_PREFIX = "outcomes"
-# The other dbt sources the outcome models read, under the keys dagster-dbt gives them.
-STATE_COPY_KEYS = [dg.AssetKey(["nudge", t]) for t in OUTCOME_SOURCES if t != "email_events"]
 ENTRIES_MODEL = "fct_campaign_entries"
 LIFT_MODEL = "fct_campaign_lift"
 
