@@ -24,6 +24,11 @@ takes every dump file not yet ingested in its current version and chooses how ea
     Loader.record_unreadable              nothing in the file can   one rejected entry, so the
                                           be read                   broken-export guard sees it
 
+On a Spark warehouse none of these runs: `spark_reader` reads the files with Spark itself (its
+text reader and JSON parser, an explicit schema, the corrupt-record column), in batches, judged
+by `spark_sql` with the reasons above, and appends to Parquet tables (raw.events partitioned by
+`dt`); JSON arrays and gzip files cut short are decoded by Python and sent to Spark as rows.
+
 A file read together that fails its verification is read on its own, from the top of the
 table; every path fills the same staging table with the same judgement (`staging`), and
 `loading` moves it into `raw` in one transaction with the file's `raw.ingested_files` row.

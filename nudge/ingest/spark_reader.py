@@ -73,6 +73,7 @@ class _File:
     ident: FileIdentity
     shipped: list[tuple[int, str]] | None = None  # (line, text) decoded by Python
     cut_reason: str | None = None  # a truncated gzip: the reason of its last (cut) line
+    unreadable: str | None = None  # nothing in the file can be read: why
 
 
 @dataclass
@@ -96,7 +97,7 @@ def ingest_spark(
     todo = [lf for lf in files if not _unchanged(known, lf)]
     prefetch = Prefetch([lf.path for lf in todo])
     try:
-        for item in _batches(wh, files, known, prefetch, run_id, emit):
+        for item in _batches(wh, files, known, prefetch, emit):
             for f, result in _load_batch(wh, item, run_id):
                 if result.status == "loaded":
                     _remember(known, f.lf, f.ident)
@@ -112,7 +113,6 @@ def _batches(
     files: list[LandingFile],
     known: Known,
     prefetch: Prefetch,
-    run_id: str,
     emit: Callable[[FileResult], None],
 ) -> Iterator[_Batch]:
     """The files to load, in batches of one kind (in order); the others are settled here.
@@ -152,9 +152,7 @@ def _batches(
             continue
         if unreadable is not None:
             log.warning("%s: %s", lf.rel, unreadable)
-            emit(_record_unreadable(wh, f, unreadable, run_id))
-            _remember(known, lf, ident)
-            continue
+            f.unreadable = unreadable
         batch.files.append(f)
         batch.size += st.st_size
     if batch is not None and batch.files:
@@ -214,52 +212,66 @@ def _load_batch(wh: Warehouse, batch: _Batch, run_id: str) -> list[tuple[_File, 
     kind = batch.kind
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     _clear_leftovers(wh, batch)
-    lines = _lines_frame(spark, batch)
-    lines.createOrReplaceTempView(_LINES)
-    staged = spark.sql(judge_sql(kind, _LINES)).localCheckpoint()
-    staged.createOrReplaceTempView(_STAGED)
-    cut = [(f.idx, f.shipped[-1][0], f.cut_reason) for f in batch.files if f.cut_reason]
-    if cut:  # a truncated gzip's last line: the reason says the file is truncated
-        staged = _with_cut_reasons(spark, staged, cut)
-        staged.createOrReplaceTempView(_STAGED)
-
+    results = {
+        f.idx: FileResult(kind=kind, path=f.lf.rel, status="loaded", dt=f.lf.dt)
+        for f in batch.files
+    }
+    readable = [f for f in batch.files if f.unreadable is None]
+    if readable:
+        _stage(spark, batch)
     # Files that changed while Spark read them are dropped from the batch (retried later).
-    results: dict[int, FileResult] = {}
-    moved: dict[int, FileResult] = {}
-    for f in batch.files:
-        m = _moved_since(f.lf, f.st)
-        if m is not None:
-            moved[f.idx] = m
-    kept_idx = [f.idx for f in batch.files if f.idx not in moved]
-    idx_list = ", ".join(str(i) for i in kept_idx) or "-1"
+    moved = {f.idx: m for f in batch.files if (m := _moved_since(f.lf, f.st)) is not None}
+    idx_list = ", ".join(str(f.idx) for f in readable if f.idx not in moved) or "-1"
+    if readable:
+        _mark_keepers(spark, kind, idx_list)
+        for idx, lines_read, good, rejected, dups, conflicts in wh.fetchall(
+            f"""select s.idx, s.lines_read, s.good, s.rejected, coalesce(k.dups, 0),
+                    coalesce(k.conflicts, 0)
+                from (select idx, count_if(reason is null or reason <> '') as lines_read,
+                        count_if(reason is null) as good, count_if(reason <> '') as rejected
+                      from {_STAGED} group by idx) s
+                left join (select idx, count_if(not keep) as dups, sum(conflict) as conflicts
+                           from {_KEEP} group by idx) k on s.idx = k.idx"""
+        ):
+            r = results[int(idx)]
+            r.lines_read, r.rejected = int(lines_read), int(rejected)
+            r.duplicates, r.conflicts = int(dups), int(conflicts)
+            r.loaded = int(good) - r.duplicates
+        _insert_rows(wh, batch, idx_list, run_id, now)
+    broken = [f for f in batch.files if f.unreadable is not None and f.idx not in moved]
+    if broken:
+        # One rejected entry per file nothing of which can be read (`Loader.record_unreadable`),
+        # counted as one line read, so the broken-export guard sees it.
+        values = ", ".join("(?, ?, null, null, ?, ?, cast(? as timestamp))" for _ in broken)
+        params: list[Any] = []
+        for f in broken:
+            params += [kind, f.lf.rel, f.unreadable, run_id, now]
+            r = results[f.idx]
+            r.lines_read, r.rejected, r.note = 1, 1, f.unreadable or ""
+        wh.execute(
+            "insert into raw.rejected (kind, source_file, source_line, raw_text, reason, run_id, "
+            f"rejected_at) values {values}",
+            params,
+        ).fetchall()
+    done = [f for f in batch.files if f.idx not in moved]
+    _record_files(wh, [(f, results[f.idx]) for f in done], run_id, now)
+    return [(f, moved.get(f.idx) or results[f.idx]) for f in batch.files]
 
-    for idx, lines_read, good, rejected in wh.fetchall(
-        f"""select idx, count_if(reason is null or reason <> ''), count_if(reason is null),
-                   count_if(reason <> '')
-            from {_STAGED} group by idx"""
-    ):
-        f = batch.files[idx]
-        results[idx] = FileResult(
-            kind=kind,
-            path=f.lf.rel,
-            status="loaded",
-            dt=f.lf.dt,
-            lines_read=int(lines_read),
-            loaded=int(good),  # minus the duplicates, below
-            rejected=int(rejected),
-        )
-    for f in batch.files:
-        results.setdefault(f.idx, FileResult(kind=kind, path=f.lf.rel, status="loaded", dt=f.lf.dt))
 
-    _mark_keepers(spark, kind, idx_list)
-    for idx, dups, conflicts in wh.fetchall(
-        f"select idx, count_if(not keep), sum(conflict) from {_KEEP} group by idx"
-    ):
-        r = results[int(idx)]
-        r.duplicates = int(dups)
-        r.loaded -= int(dups)
-        r.conflicts = int(conflicts or 0)
+def _stage(spark: SparkSession, batch: _Batch) -> None:
+    """_STAGED: every line of the batch's readable files, judged (`spark_sql.judge_sql`)."""
+    _lines_frame(spark, batch).createOrReplaceTempView(_LINES)
+    staged = spark.sql(judge_sql(batch.kind, _LINES)).localCheckpoint()
+    cut = [(f.idx, f.shipped[-1][0], f.cut_reason) for f in batch.files if f.cut_reason]
+    if cut:
+        # A truncated gzip's last line: the reason says the file is truncated.
+        staged = _with_cut_reasons(spark, staged, cut)
+    staged.createOrReplaceTempView(_STAGED)
 
+
+def _insert_rows(wh: Warehouse, batch: _Batch, idx_list: str, run_id: str, now: datetime) -> None:
+    """The batch's rejected lines, then its kept rows (before the file rows that vouch for them)."""
+    kind = batch.kind
     rel_of = _rel_case(batch)
     wh.execute(
         "insert into raw.rejected (kind, source_file, source_line, raw_text, reason, run_id, "
@@ -269,10 +281,9 @@ def _load_batch(wh: Warehouse, batch: _Batch, run_id: str) -> list[tuple[_File, 
     ).fetchall()
     cols = ", ".join(COLUMNS[kind])
     if kind == "events":
-        dt_of = _dt_case(batch)
         wh.execute(
             f"insert into raw.events ({cols}, source_file, source_line, ingested_at, dt) "
-            f"select {cols}, {rel_of}, line_no, cast(? as timestamp), {dt_of} "
+            f"select {cols}, {rel_of}, line_no, cast(? as timestamp), {_dt_case(batch)} "
             f"from {_KEEP} where keep",
             [now],
         ).fetchall()
@@ -282,9 +293,6 @@ def _load_batch(wh: Warehouse, batch: _Batch, run_id: str) -> list[tuple[_File, 
             f"select {cols}, {rel_of}, line_no, cast(? as timestamp) from {_KEEP} where keep",
             [now],
         ).fetchall()
-    done = [f for f in batch.files if f.idx not in moved]
-    _record_files(wh, [(f, results[f.idx]) for f in done], run_id, now)
-    return [(f, moved.get(f.idx) or results[f.idx]) for f in batch.files]
 
 
 def _lines_frame(spark: SparkSession, batch: _Batch) -> DataFrame:
@@ -294,7 +302,7 @@ def _lines_frame(spark: SparkSession, batch: _Batch) -> DataFrame:
 
     frames = []
     for f in batch.files:
-        if f.shipped is not None:
+        if f.shipped is not None or f.unreadable is not None:
             continue
         df = spark.read.text(str(f.lf.path)).select(
             F.lit(f.idx).alias("idx"),
@@ -439,22 +447,6 @@ def _record_files(
     wh.execute(f"insert into raw.ingested_files ({_FILE_COLS}) values {values}", params).fetchall()
 
 
-def _record_unreadable(wh: Warehouse, f: _File, reason: str, run_id: str) -> FileResult:
-    """One rejected entry for a file nothing of which can be read (`Loader.record_unreadable`)."""
-    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-    result = FileResult(
-        kind=f.lf.kind, path=f.lf.rel, status="loaded", dt=f.lf.dt,
-        lines_read=1, rejected=1, note=reason,
-    )  # fmt: skip
-    wh.execute(
-        "insert into raw.rejected (kind, source_file, source_line, raw_text, reason, run_id, "
-        "rejected_at) values (?, ?, null, null, ?, ?, cast(? as timestamp))",
-        [f.lf.kind, f.lf.rel, reason, run_id, now],
-    ).fetchall()
-    _record_files(wh, [(f, result)], run_id, now)
-    return result
-
-
 def _same_bytes(wh: Warehouse, lf: LandingFile, ident: FileIdentity) -> None:
     """Same bytes, new mtime: its file rows take the new stat (a small table, rewritten)."""
     spark: SparkSession = wh.conn
@@ -480,25 +472,36 @@ def _clear_leftovers(wh: Warehouse, batch: _Batch) -> None:
     """
     spark: SparkSession = wh.conn
     paths = ", ".join(_lit(f.lf.rel) for f in batch.files)
-    dts = sorted({f.lf.dt.isoformat() for f in batch.files if f.lf.dt is not None})
-    tables = [(f"raw.{batch.kind}", "ingested_at"), ("raw.rejected", "rejected_at")]
-    for table, at in tables:
-        partitioned = table == "raw.events" and bool(dts)
-        days = ", ".join(f"date'{d}'" for d in dts)
-        scope = f"dt in ({days})" if partitioned else "true"
-        stray = (
+    days = ", ".join(sorted({f"date'{f.lf.dt}'" for f in batch.files if f.lf.dt is not None}))
+    scopes = {
+        f"raw.{batch.kind}": f"dt in ({days})" if batch.kind == "events" and days else "true",
+        "raw.rejected": "true",
+    }
+
+    def stray(table: str) -> str:
+        at = "rejected_at" if table == "raw.rejected" else "ingested_at"
+        return (
             f"source_file in ({paths}) and not exists (select 1 from raw.ingested_files i "
             f"where i.path = t.source_file and i.ingested_at = t.{at})"
         )
-        row = wh.fetchone(f"select count(*) from {table} t where {scope} and {stray}")
-        if not row or not row[0]:
+
+    counts = wh.fetchone(
+        "select "
+        + ", ".join(
+            f"(select count(*) from {table} t where {scope} and {stray(table)})"
+            for table, scope in scopes.items()
+        )
+    )
+    for (table, scope), n in zip(scopes.items(), counts or (), strict=True):
+        if not n:
             continue
-        log.warning("%s: removing %d rows of an ingest that did not finish", table, row[0])
+        log.warning("%s: removing %d rows of an ingest that did not finish", table, n)
         # Read whole before the table (or its partitions) is overwritten.
-        keep = spark.sql(f"select * from {table} t where {scope} and not ({stray})")
+        keep = spark.sql(f"select * from {table} t where {scope} and not ({stray(table)})")
         keep = keep.localCheckpoint()
-        if partitioned:
-            for d in dts:  # a partition left empty must go too: dynamic overwrite keeps it
+        if scope != "true":
+            for d in sorted({f.lf.dt for f in batch.files if f.lf.dt is not None}):
+                # A partition left empty must go too: a dynamic overwrite would keep it.
                 spark.sql(f"alter table raw.events drop if exists partition (dt = date'{d}')")
             keep.write.insertInto(table)
         else:

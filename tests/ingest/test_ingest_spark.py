@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+import nudge.ingest.spark_reader as spark_reader
 from nudge.core.settings import Settings, load_settings
 from nudge.core.warehouse import Warehouse, connect
 from nudge.ingest import IngestReport, ingest_pending
-from tests.ingest.test_hostile_ingest import accounted, event, jsonl
+from tests.ingest.test_hostile_ingest import event, jsonl
 
 pytestmark = pytest.mark.spark
 
@@ -149,6 +150,20 @@ def _stored(wh: Warehouse) -> dict[str, list[tuple]]:
     }
 
 
+def accounted(report: IngestReport, wh: Warehouse) -> None:
+    """lines_read = loaded + duplicates + rejected per file, in the report and the file rows, and
+    raw.rejected holds exactly each file version's rejected lines (one Spark query)."""
+    for r in report.files:
+        assert r.lines_read == r.loaded + r.duplicates + r.rejected, r
+    for f in wh.fetchdicts(
+        """select f.*, (select count(*) from raw.rejected r
+                        where r.source_file = f.path and r.run_id = f.run_id) as rejected_rows
+           from raw.ingested_files f"""
+    ):
+        assert f["lines_read"] == f["loaded"] + f["duplicates"] + f["rejected"], f
+        assert f["rejected_rows"] == f["rejected"], f
+
+
 def _touched_days(wh: Warehouse, since: datetime) -> list[date]:
     """The days a downstream incremental model rebuilds after rows ingested after `since`."""
     return sorted(
@@ -192,3 +207,27 @@ def test_a_hostile_landing_folder_on_spark_is_accounted_for_as_on_duckdb(
 
     unchanged = ingest_pending(spark_wh, landing, "r3")
     assert {r.status for r in unchanged.files} == {"skipped"}
+
+
+def test_rows_of_an_ingest_that_died_before_recording_its_files_are_replaced(
+    spark_wh: Warehouse, duck_wh: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    landing = tmp_path / "landing"
+    day = landing / "events" / f"dt={DT}"
+    day.mkdir(parents=True)
+    (day / "a.jsonl").write_bytes(jsonl([event("x1"), event("x2"), event("x1")]) + b"{oops\n")
+
+    def dies(*args: object) -> None:  # the process dies after the rows, before the file rows
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spark_reader, "_record_files", dies)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_pending(spark_wh, landing, "crashed")
+    monkeypatch.undo()
+    assert spark_wh.fetchone("select count(*) from raw.events") == (2,)  # appended, unrecorded
+
+    report = ingest_pending(spark_wh, landing, "r2")
+
+    assert _files(report) == _files(ingest_pending(duck_wh, landing))
+    assert _stored(spark_wh) == _stored(duck_wh)
+    accounted(report, spark_wh)
