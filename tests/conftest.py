@@ -161,9 +161,14 @@ def spark_connect_url(spark_server: dict[str, str]) -> str:
 def spark_warehouse(spark_server: dict[str, str]) -> Iterator[dict[str, str]]:
     """The shared Spark with Nudge's databases (raw, analytics, nudge) dropped: an empty
     warehouse. Yields the same environment as `spark_server`."""
+    empty_spark_warehouse(spark_server)
+    yield spark_server
+
+
+def empty_spark_warehouse(spark_server: dict[str, str]) -> None:
+    """Drop Nudge's databases (raw, analytics, nudge) from the shared Spark."""
     from pyspark.sql import SparkSession
 
     session = SparkSession.builder.remote(spark_connect_url(spark_server)).getOrCreate()
     for schema in ("raw", "analytics", "nudge"):
         session.sql(f"drop database if exists {schema} cascade")
-    yield spark_server

@@ -9,7 +9,7 @@
       3. 16+ characters containing a digit:   hashes, ObjectIds, ULIDs, base62 tokens
       4. a prefixed id, letters `_` then a run with a digit:  ord_2_0, cus_N1ffr -> {id}
     Short tokens with digits (v1, v2, oauth2, s3, sha256, 2fa) and words without digits stay.
-    Regexes stay in the common subset of DuckDB (RE2) and Postgres (ARE).
+    Regexes stay in the common subset of DuckDB (RE2), Postgres (ARE) and Spark (Java).
 #}
 
 {% macro nudge_uri_path(uri) -%}
@@ -53,4 +53,12 @@
          from unnest(string_to_array({{ path }}, '/')) with ordinality as segs (seg, seg_number)
          where seg <> ''),
         '')
+{%- endmacro %}
+
+{% macro spark__nudge_fold_id_segments(path) -%}
+    array_join(
+        transform(
+            filter(split({{ path }}, '/'), seg -> seg <> ''),
+            seg -> case when {{ nudge_is_id_segment('seg') }} then '{id}' else seg end),
+        '/')
 {%- endmacro %}

@@ -46,8 +46,27 @@
 
 
 {% macro nudge_sql_string(value) -%}
+    {#- `value` as a SQL string literal. -#}
+    {{ return(adapter.dispatch('nudge_sql_string', 'nudge')(value)) }}
+{%- endmacro %}
+
+{% macro default__nudge_sql_string(value) -%}
     '{{ value | string | replace("'", "''") }}'
 {%- endmacro %}
+
+{% macro spark__nudge_sql_string(value) -%}
+    {#- Spark reads backslash escapes in literals, and '' as two adjacent literals. -#}
+    '{{ value | string | replace("\\", "\\\\") | replace("'", "\\'") }}'
+{%- endmacro %}
+
+
+{% macro nudge_type_double() -%}
+    {{ return(adapter.dispatch('nudge_type_double', 'nudge')()) }}
+{%- endmacro %}
+
+{% macro default__nudge_type_double() -%}double precision{%- endmacro %}
+
+{% macro spark__nudge_type_double() -%}double{%- endmacro %}
 
 
 {% macro nudge_goal_settings() -%}
@@ -57,13 +76,13 @@
     select
         cast({{ nudge_sql_string(g.campaign) }} as {{ dbt.type_string() }}) as campaign,
         cast({{ nudge_sql_string(g.model or 'exit') }} as {{ dbt.type_string() }}) as goal,
-        cast({{ g.within_days }} as double precision) as within_days
+        cast({{ g.within_days }} as {{ nudge_type_double() }}) as within_days
     {{ 'union all' if not loop.last }}
     {%- else %}
     select
         cast(null as {{ dbt.type_string() }}) as campaign,
         cast(null as {{ dbt.type_string() }}) as goal,
-        cast(null as double precision) as within_days
+        cast(null as {{ nudge_type_double() }}) as within_days
     where 1 = 0
     {%- endfor %}
 {%- endmacro %}
@@ -102,4 +121,8 @@
 
 {% macro duckdb__nudge_add_days(timestamp_expr, days_expr) -%}
     ({{ timestamp_expr }} + to_microseconds(cast(round(cast({{ days_expr }} as double) * 86400000000) as bigint)))
+{%- endmacro %}
+
+{% macro spark__nudge_add_days(timestamp_expr, days_expr) -%}
+    timestamp_micros(unix_micros({{ timestamp_expr }}) + cast(round(cast({{ days_expr }} as double) * 86400000000) as bigint))
 {%- endmacro %}

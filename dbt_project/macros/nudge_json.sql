@@ -19,6 +19,10 @@
     (cast({{ column }} as json) ->> '{{ key }}')
 {%- endmacro %}
 
+{% macro spark__nudge_json_get(column, key) -%}
+    get_json_object({{ column }}, '$[\'{{ key }}\']')
+{%- endmacro %}
+
 
 {% macro nudge_json_string(expr) -%}
     {#- `expr` as a JSON string literal (null -> null): backslash, quote and the usual control
@@ -27,7 +31,9 @@
     case when {{ expr }} is null then 'null' else
         '"' || translate(
             replace(replace(replace(replace(replace(
-                {{ expr }}, '\', '\\'), '"', '\"'), chr(10), '\n'), chr(13), '\r'), chr(9), '\t'),
+                {{ expr }}, {{ nudge_sql_string('\\') }}, {{ nudge_sql_string('\\\\') }}),
+                '"', {{ nudge_sql_string('\\"') }}), chr(10), {{ nudge_sql_string('\\n') }}),
+                chr(13), {{ nudge_sql_string('\\r') }}), chr(9), {{ nudge_sql_string('\\t') }}),
             {{ nudge_control_chars() }},
             repeat(' ', 29)
         ) || '"'

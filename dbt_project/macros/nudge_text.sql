@@ -28,3 +28,7 @@
 {% macro postgres__nudge_regex_matches(expr, pattern) -%}
     ({{ expr }} ~ '{{ pattern }}')
 {%- endmacro %}
+
+{% macro spark__nudge_regex_matches(expr, pattern) -%}
+    ({{ expr }} rlike '{{ pattern }}')
+{%- endmacro %}

@@ -1,12 +1,14 @@
 """The dbt project on real warehouses: handcrafted raw rows on both sides of every cohort
 boundary, `dbt build` (models, data tests and dbt unit tests), exact cohort members; then a late
-event and an incremental build. DuckDB always; Postgres the same way, with identical results.
+event and an incremental build. DuckDB always; Postgres and Spark (the `postgres` and `spark`
+markers) the same way, with identical results.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,11 +17,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import empty_spark_warehouse, spark_connect_url
 from dbt.cli.main import dbtRunner, dbtRunnerResult
+from support import spark_seed
 
 from email_jobs.ledger import ensure_schema
 from nudge.core.settings import Settings
@@ -43,74 +48,92 @@ TOO_MANY_4XX = {"x_1000", "x_at_start", "x_before_end", "x_noprofile"}
 
 
 # -- raw rows -----------------------------------------------------------------------------------
-def add_user(
-    wh: Warehouse,
-    user_id: str,
-    *,
-    created: str | None,
-    modified: str = "2025-06-01 00:00:00",
-    email: str | None = None,
-    company_id: str | None = None,
-    line: int = 1,
-) -> None:
-    wh.execute(
-        "insert into raw.users (user_id, company_id, modified_time, email, first_name, last_name,"
-        " created, metadata, source_file, source_line, ingested_at)"
-        " values (?, ?, cast(? as timestamp), ?, ?, 'Test', cast(? as timestamp), '{}',"
-        " 'users.jsonl', ?, cast(? as timestamp))",
-        [
-            user_id,
-            company_id,
-            modified,
-            email or f"{user_id}@example.com",
-            user_id.title(),
-            created,
-            line,
-            FIRST_INGEST,
-        ],
-    )
+class RawRows:
+    """The rows of raw.users, raw.companies and raw.events, written to any engine by write_raw."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, list[dict[str, Any]]] = {"users": [], "companies": [], "events": []}
+
+    def add_user(
+        self,
+        user_id: str,
+        *,
+        created: str | None,
+        modified: str = "2025-06-01 00:00:00",
+        email: str | None = None,
+        company_id: str | None = None,
+        line: int = 1,
+    ) -> None:
+        self.tables["users"].append(
+            {
+                "user_id": user_id,
+                "company_id": company_id,
+                "modified_time": ts(modified),
+                "email": email or f"{user_id}@example.com",
+                "first_name": user_id.title(),
+                "last_name": "Test",
+                "created": ts(created),
+                "metadata": "{}",
+                "source_file": "users.jsonl",
+                "source_line": line,
+                "ingested_at": ts(FIRST_INGEST),
+            }
+        )
+
+    def add_events(
+        self,
+        user_id: str | None,
+        at: str,
+        status: int,
+        n: int = 1,
+        *,
+        uri: str = "http://api.example.com/v1/widgets/{i}?page=2",
+        verb: str = "GET",
+        ingested_at: str = FIRST_INGEST,
+    ) -> None:
+        """n events at the same instant; `{i}` in the uri becomes 1..n (ids to fold)."""
+        key = f"{user_id}-{at}-{status}-{verb}-{uri}-{ingested_at}"
+        self.tables["events"] += [
+            {
+                "event_key": f"{key}#{i}",
+                "request_time": ts(at),
+                "user_id": user_id,
+                "verb": verb,
+                "uri": uri.replace("{i}", str(i)),
+                "status": status,
+                "dt": ts(ingested_at).date(),
+                "source_file": "events.jsonl",
+                "source_line": i,
+                "ingested_at": ts(ingested_at),
+            }
+            for i in range(1, n + 1)
+        ]
 
 
-def add_events(
-    wh: Warehouse,
-    user_id: str | None,
-    at: str,
-    status: int,
-    n: int = 1,
-    *,
-    uri: str = "http://api.example.com/v1/widgets/{i}?page=2",
-    verb: str = "GET",
-    ingested_at: str = FIRST_INGEST,
-) -> None:
-    """n events at the same instant; `{i}` in the uri becomes 1..n (ids to fold)."""
-    key = f"{user_id}-{at}-{status}-{verb}-{uri}-{ingested_at}"
-    wh.execute(
-        "insert into raw.events (event_key, request_time, user_id, company_id, verb, uri, status,"
-        " source_file, source_line, ingested_at)"
-        " select cast(? as varchar) || '#' || cast(g.i as varchar), cast(? as timestamp),"
-        " cast(? as varchar), null, cast(? as varchar),"
-        " replace(cast(? as varchar), '{i}', cast(g.i as varchar)), cast(? as integer),"
-        " 'events.jsonl', g.i, cast(? as timestamp)"
-        " from generate_series(1, cast(? as integer)) as g(i)",
-        [key, at, user_id, verb, uri, status, ingested_at, n],
-    )
+def ts(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
-def load_first_batch(wh: Warehouse) -> None:
-    for statement in DDL:
-        wh.execute(statement)
-    wh.execute(
-        "insert into raw.companies (company_id, company_domain, modified_time,"
-        " solutions_engineer_email, plan, metadata, source_file, source_line, ingested_at)"
-        " values ('co_se', 'se.example', cast('2025-06-01' as timestamp), 'se@vendor.example',"
-        " 'pro', '{}', 'companies.jsonl', 1, cast(? as timestamp))",
-        [FIRST_INGEST],
+def first_batch() -> RawRows:
+    raw = RawRows()
+    raw.tables["companies"].append(
+        {
+            "company_id": "co_se",
+            "company_domain": "se.example",
+            "modified_time": ts("2025-06-01 00:00:00"),
+            "solutions_engineer_email": "se@vendor.example",
+            "plan": "pro",
+            "metadata": "{}",
+            "source_file": "companies.jsonl",
+            "source_line": 1,
+            "ingested_at": ts(FIRST_INGEST),
+        }
     )
     # cohort_not_activated_7d: end - 28d = 2025-12-11 12:00, end - 7d = 2026-01-01 12:00.
-    add_user(wh, "na_at_min", created="2026-01-01 12:00:00")
-    add_user(wh, "na_in_min", created="2026-01-01 11:59:00")
-    add_user(wh, "na_at_max", created="2025-12-11 12:00:00")
-    add_user(wh, "na_in_max", created="2025-12-11 12:01:00")
+    raw.add_user("na_at_min", created="2026-01-01 12:00:00")
+    raw.add_user("na_in_min", created="2026-01-01 11:59:00")
+    raw.add_user("na_at_max", created="2025-12-11 12:00:00")
+    raw.add_user("na_in_max", created="2025-12-11 12:01:00")
     for user_id, at in [
         ("na_evt_at_start", "2025-12-11 12:00:00"),
         ("na_evt_before_start", "2025-12-11 11:59:59"),
@@ -118,25 +141,21 @@ def load_first_batch(wh: Warehouse) -> None:
         ("na_evt_before_end", "2026-01-08 11:59:59.999"),
         ("na_evt_mid", "2025-12-25 10:00:00"),
     ]:
-        add_user(wh, user_id, created="2025-12-20 00:00:00")
-        add_events(wh, user_id, at, 200)
-    add_user(
-        wh,
+        raw.add_user(user_id, created="2025-12-20 00:00:00")
+        raw.add_events(user_id, at, 200)
+    raw.add_user(
         "na_modified_only",
         created=None,
         modified="2026-01-05 00:00:00",
         line=2,
         email="newer@example.com",
     )
-    add_user(wh, "na_modified_only", created=None, modified="2025-12-15 00:00:00", line=3)
-    add_user(
-        wh,
-        "na_created_old_version",
-        created="2025-12-16 00:00:00",
-        modified="2025-12-01 00:00:00",
+    raw.add_user("na_modified_only", created=None, modified="2025-12-15 00:00:00", line=3)
+    raw.add_user(
+        "na_created_old_version", created="2025-12-16 00:00:00", modified="2025-12-01 00:00:00",
         line=4,
-    )
-    add_user(wh, "na_created_old_version", created=None, modified="2026-01-06 00:00:00", line=5)
+    )  # fmt: skip
+    raw.add_user("na_created_old_version", created=None, modified="2026-01-06 00:00:00", line=5)
 
     # cohort_too_many_4xx_7d: window [2026-01-01 12:00, 2026-01-08 12:00).
     for user_id in [
@@ -148,47 +167,85 @@ def load_first_batch(wh: Warehouse) -> None:
         "x_at_end",
         "x_before_end",
     ]:
-        add_user(
-            wh,
+        raw.add_user(
             user_id,
             created="2025-06-01 00:00:00",
             company_id="co_se" if user_id == "x_1000" else "co_unknown",
         )
-    add_events(wh, "x_1000", "2026-01-05 10:00:00", 404, 985)
-    add_events(
-        wh, "x_1000", "2026-01-05 11:00:00", 400, 10, verb="POST", uri='/v1/"quoted"\\path/9?x="y"'
+    raw.add_events("x_1000", "2026-01-05 10:00:00", 404, 985)
+    raw.add_events(
+        "x_1000", "2026-01-05 11:00:00", 400, 10, verb="POST", uri='/v1/"quoted"\\path/9?x="y"'
     )
-    add_events(wh, "x_1000", "2026-01-05 11:00:00", 404, 5, verb="PUT", uri="/v1/tab\there/{i}")
-    add_events(wh, "x_999", "2026-01-05 10:00:00", 400, 999)
+    raw.add_events("x_1000", "2026-01-05 11:00:00", 404, 5, verb="PUT", uri="/v1/tab\there/{i}")
+    raw.add_events("x_999", "2026-01-05 10:00:00", 400, 999)
     for status in (401, 403, 422):
-        add_events(wh, "x_statuses", "2026-01-05 10:00:00", status, 600)
-    add_events(wh, "x_statuses", "2026-01-05 10:00:00", 405, 999)
+        raw.add_events("x_statuses", "2026-01-05 10:00:00", status, 600)
+    raw.add_events("x_statuses", "2026-01-05 10:00:00", 405, 999)
     for user_id, at in [
         ("x_at_start", "2026-01-01 12:00:00"),
         ("x_before_start", "2026-01-01 11:59:59"),
         ("x_at_end", "2026-01-08 12:00:00"),
         ("x_before_end", "2026-01-08 11:59:59"),
     ]:
-        add_events(wh, user_id, "2026-01-04 00:00:00", 404, 999)
-        add_events(wh, user_id, at, 404)
-    add_events(wh, "x_noprofile", "2026-01-07 23:59:59", 405, 1000)
-    add_events(wh, None, "2026-01-05 10:00:00", 404, 2000)  # belongs to no user
+        raw.add_events(user_id, "2026-01-04 00:00:00", 404, 999)
+        raw.add_events(user_id, at, 404)
+    raw.add_events("x_noprofile", "2026-01-07 23:59:59", 405, 1000)
+    raw.add_events(None, "2026-01-05 10:00:00", 404, 2000)  # belongs to no user
+    return raw
 
 
-def load_late_event(wh: Warehouse) -> None:
+def late_event() -> RawRows:
     """One more 4xx for x_999 on a day already rolled up: the incremental build re-touches it."""
-    add_events(wh, "x_999", "2026-01-05 23:00:00", 404, 1, ingested_at=LATE_INGEST)
+    raw = RawRows()
+    raw.add_events("x_999", "2026-01-05 23:00:00", 404, 1, ingested_at=LATE_INGEST)
+    return raw
+
+
+def write_raw(target: Target, raw: RawRows) -> None:
+    """The rows into the raw tables (created when missing): multi-row inserts on DuckDB and
+    Postgres, DataFrames on Spark (tests/support/spark_seed.py)."""
+    with connect(target.settings) as wh:
+        if wh.kind == "spark":
+            spark_seed.create_raw_tables(wh.conn)
+            for table, rows in raw.tables.items():
+                if rows:
+                    spark_seed.write_rows(wh.conn, f"raw.{table}", rows)
+            return
+        with wh.transaction():
+            for statement in DDL:
+                wh.execute(statement)
+            for table, rows in raw.tables.items():
+                for chunk in range(0, len(rows), 500):
+                    insert_rows(wh, f"raw.{table}", rows[chunk : chunk + 500])
+
+
+def insert_rows(wh: Warehouse, table: str, rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0])
+    one = f"({', '.join('?' * len(columns))})"
+    wh.execute(
+        f"insert into {table} ({', '.join(columns)}) values {', '.join([one] * len(rows))}",
+        [row[c] for row in rows for c in columns],
+    )
 
 
 # -- running dbt --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
     url: str  # NUDGE_WAREHOUSE form
-    env: dict[str, str]  # the NUDGE_DBT_* variables
+    env: dict[str, str]  # the NUDGE_DBT_* variables (SPARK_REMOTE for Spark)
+    spark: dict[str, str] | None = None  # the spark_server fixture's environment
 
     @property
     def settings(self) -> Settings:
-        return Settings(warehouse=self.url)
+        if self.spark is None:
+            return Settings(warehouse=self.url)
+        return Settings(
+            warehouse=self.url,
+            spark_dir=self.spark["NUDGE_SPARK_DIR"],
+            spark_connect_port=int(self.spark["NUDGE_SPARK_CONNECT_PORT"]),
+            state_store="duckdb:///unused.duckdb",  # required with Spark; nothing opens it
+            _env_file=None,
+        )
 
 
 def dbt_args(args: list[str], work: Path) -> list[str]:
@@ -216,7 +273,8 @@ def dbt_subprocess(args: list[str], target: Target, work: Path) -> list[dict[str
         env={**os.environ, **target.env, "DO_NOT_TRACK": "1"},
         capture_output=True,
         text=True,
-        timeout=300,
+        # Spark answers each of a build's ~100 statements in seconds, not milliseconds.
+        timeout=900 if target.spark else 300,
         check=False,
     )
     assert proc.returncode == 0, (
@@ -227,6 +285,11 @@ def dbt_subprocess(args: list[str], target: Target, work: Path) -> list[dict[str
 
 def fetch(target: Target, sql: str) -> list[dict[str, Any]]:
     with connect(target.settings) as wh:
+        if wh.kind == "spark":
+            # dbt rewrote these tables from its own Spark session: this session's cached file
+            # listings of them are stale (a read would fail on files that no longer exist).
+            for table in sorted(set(re.findall(r"\b(?:raw|analytics)\.\w+", sql))):
+                wh.execute(f"refresh table {table}")
         return wh.fetchdicts(sql)
 
 
@@ -314,17 +377,19 @@ class Outcome:
 
 
 def run_scenario(target: Target, work: Path) -> Outcome:
-    with connect(target.settings) as wh, wh.transaction():
-        load_first_batch(wh)
+    write_raw(target, first_batch())
     with connect(target.settings) as wh:
-        ensure_schema(wh)  # the nudge.* tables the outcome models read
+        # The nudge.* tables the outcome models read: the state store's (its copy on Spark).
+        if wh.kind == "spark":
+            spark_seed.create_state_tables(wh.conn)
+        else:
+            ensure_schema(wh)
     results = dbt_subprocess(["build"], target, work)
     unit_tests = [r for r in results if r["unique_id"].startswith("unit_test.")]
     assert len(unit_tests) >= 6
     assert all(r["status"] == "pass" for r in unit_tests), unit_tests
     first = snapshot(target)
-    with connect(target.settings) as wh, wh.transaction():
-        load_late_event(wh)
+    write_raw(target, late_event())
     # Incremental this time (the tests ran above; the rollups are checked against raw below).
     dbt_subprocess(["run"], target, work)
     rollups_match_raw_events(target)
@@ -369,9 +434,9 @@ def scratch_postgres_database() -> Iterator[Target]:
 def outcomes(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Outcome | str | Exception]:
-    """The scenario on DuckDB and, when a selected test needs it, on Postgres, side by side
-    (two dbt processes at once keep this file well under a minute). Postgres maps to the skip
-    reason when the server is unreachable, or to the exception its run raised."""
+    """The scenario on DuckDB and, when selected tests need them, on Postgres and on Spark, side
+    by side (dbt processes at once keep this file short). Postgres and Spark map to the skip
+    reason when they cannot run, or to the exception their run raised."""
     work = tmp_path_factory.mktemp("dbt_duckdb")
     duck = Target(
         f"duckdb:///{work / 'warehouse.duckdb'}",
@@ -383,21 +448,48 @@ def outcomes(
     )
     wants_postgres = any(item.get_closest_marker("postgres") for item in request.session.items)
     reason = postgres_unavailable() if wants_postgres else "no Postgres test selected"
-    with ExitStack() as stack, ThreadPoolExecutor(max_workers=2) as pool:
+    results: dict[str, Outcome | str | Exception] = {"postgres": reason or ""}
+    spark = spark_target(request, results)
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=3) as pool:
         futures = {"duckdb": pool.submit(run_scenario, duck, work)}
         if reason is None:
             pg = stack.enter_context(scratch_postgres_database())
             futures["postgres"] = pool.submit(
                 run_scenario, pg, tmp_path_factory.mktemp("dbt_postgres")
             )
-        results: dict[str, Outcome | str | Exception] = {"postgres": reason or ""}
-        if "postgres" in futures:
-            try:
-                results["postgres"] = futures["postgres"].result()
-            except Exception as exc:  # reported by the Postgres test, not by the DuckDB ones
-                results["postgres"] = exc
+        if spark is not None:
+            futures["spark"] = pool.submit(
+                run_scenario, spark, tmp_path_factory.mktemp("dbt_spark")
+            )
+        for engine in ("postgres", "spark"):
+            if engine in futures:
+                try:
+                    results[engine] = futures[engine].result()
+                except Exception as exc:  # reported by that engine's test, not by DuckDB's
+                    results[engine] = exc
         results["duckdb"] = futures["duckdb"].result()
     return results
+
+
+def spark_target(
+    request: pytest.FixtureRequest, results: dict[str, Outcome | str | Exception]
+) -> Target | None:
+    """The session's embedded Spark, emptied, when a selected test needs it; else None, with
+    the reason (or the failure to start it) in results["spark"]."""
+    if not any(item.get_closest_marker("spark") for item in request.session.items):
+        results["spark"] = "no Spark test selected"
+        return None
+    try:
+        env = request.getfixturevalue("spark_server")
+    except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
+        results["spark"] = str(exc) if isinstance(exc, pytest.skip.Exception) else exc
+        return None
+    empty_spark_warehouse(env)
+    return Target(
+        env["NUDGE_WAREHOUSE"],
+        {"NUDGE_DBT_TARGET": "spark", "SPARK_REMOTE": spark_connect_url(env)},
+        spark=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -468,6 +560,20 @@ def test_bad_as_of_fails_naming_the_var(tmp_path: Path, monkeypatch: pytest.Monk
     res, messages = compile_inline("{{ nudge_parse_as_of('last tuesday') }}", tmp_path, monkeypatch)
     assert not res.success
     assert any("dbt var nudge_as_of=last tuesday: use an ISO 8601" in m for m in messages)
+
+
+@pytest.mark.spark
+def test_spark_gives_identical_results(
+    outcomes: dict[str, Outcome | str | Exception], duckdb_outcome: Outcome
+) -> None:
+    """`dbt build` (models, data tests, the unit tests) and the incremental run on Spark, the
+    raw tables written as Spark ingestion writes them: the same cohorts and rollups."""
+    spark = outcomes["spark"]
+    if isinstance(spark, BaseException):
+        raise spark
+    if isinstance(spark, str):
+        pytest.skip(spark)
+    assert spark == duckdb_outcome
 
 
 @pytest.mark.postgres

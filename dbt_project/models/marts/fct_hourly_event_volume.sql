@@ -1,9 +1,8 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
-        unique_key='event_date',
-        on_schema_change='fail'
+        on_schema_change='fail',
+        **nudge_incremental_by_day('event_date')
     )
 }}
 

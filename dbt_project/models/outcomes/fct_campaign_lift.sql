@@ -39,10 +39,10 @@ rates as (
     select
         *,
         case when entries_treatment > 0
-            then cast(conversions_treatment as double precision) / entries_treatment
+            then cast(conversions_treatment as {{ nudge_type_double() }}) / entries_treatment
         end as conversion_treatment,
         case when entries_holdout > 0
-            then cast(conversions_holdout as double precision) / entries_holdout
+            then cast(conversions_holdout as {{ nudge_type_double() }}) / entries_holdout
         end as conversion_holdout
 
     from counts
