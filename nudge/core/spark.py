@@ -13,6 +13,8 @@ pyspark is the optional extra `nudge[spark]`; nothing here imports it until Spar
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import fcntl
 import logging
 import os
@@ -229,6 +231,7 @@ def stop_local_server(settings: Settings) -> bool:
     (home / "server.pid").unlink(missing_ok=True)
     if pid is None:
         return False
+    close_sessions()  # before the server goes: see close_sessions
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -303,5 +306,29 @@ def spark_session(settings: Settings) -> SparkSession:
             session.conf.set(key, value)
         for schema in ("raw", "analytics", "nudge"):
             session.sql(f"create database if not exists {schema}")
+        if not _SESSIONS:
+            # Registered after pyspark's own exit hook, so it runs first (atexit is LIFO).
+            atexit.register(close_sessions)
         _SESSIONS[remote] = session
     return session
+
+
+def close_sessions() -> None:
+    """Close this process's Spark Connect channels without a call to the server.
+
+    At exit pyspark asks the server to clean its caches and retries for many minutes when the
+    server is gone (a stopped embedded Spark, a cluster that went away): a closed client skips
+    that. The server ends an abandoned session by itself."""
+    sessions = list(_SESSIONS.values())
+    _SESSIONS.clear()
+    try:
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+    except ImportError:
+        return
+    default = ConnectSession._default_session
+    if default is not None and all(default is not s for s in sessions):
+        sessions.append(default)
+    for session in sessions:
+        with contextlib.suppress(Exception):
+            session.client.close()
+    ConnectSession._default_session = None
