@@ -313,6 +313,28 @@ def spark_session(settings: Settings) -> SparkSession:
     return session
 
 
+@contextmanager
+def fresh_session(settings: Settings) -> Iterator[SparkSession]:
+    """A session of its own for one unit of work, released after it.
+
+    A Spark session caches the files of every table it read; when dbt (another session)
+    rewrites the table, reading it again fails with FILE_NOT_EXIST. Each `connect()` therefore
+    reads through a new session (a gRPC call, not a JVM)."""
+    spark_session(settings)  # the process's first: checks the server, creates the databases
+    from pyspark.sql import SparkSession
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="pyspark")
+        session = SparkSession.builder.remote(remote_url(settings)).create()
+    for key, value in SESSION_CONF.items():
+        session.conf.set(key, value)
+    try:
+        yield session
+    finally:
+        with contextlib.suppress(Exception):
+            session.stop()
+
+
 def close_sessions() -> None:
     """Close this process's Spark Connect channels without a call to the server.
 

@@ -225,10 +225,10 @@ def connect_both(settings: Settings) -> Iterator[tuple[Warehouse, Warehouse]]:
 @contextmanager
 def _open(url: WarehouseUrl, settings: Settings) -> Iterator[Warehouse]:
     if url.kind == "spark":
-        from nudge.core.spark import spark_session
+        from nudge.core.spark import fresh_session
 
-        # The session is the process's, shared and reused; closing this handle keeps it.
-        yield Warehouse(url, spark_session(settings))
+        with fresh_session(settings) as session:
+            yield Warehouse(url, session)
     elif url.kind == "duckdb":
         import duckdb
 
