@@ -9,6 +9,16 @@ warehouse (an embedded Spark Connect server, `spark://local[2]`, started here un
 answers already on the port, and stopped at the end if started here), checks that both
 account for every line alike, and prints the times and Spark's ratio to DuckDB. A second
 ingest with nothing new (every file skipped by size and mtime) shows the fixed cost of a run.
+
+Measured 2026-12-07 (2 cores shared with other engineers' Spark servers and tests, load average
+10-15, so rough), defaults (10 days x 20k events, 34 files, 190 MB, 200,680 lines):
+DuckDB 9.2 s (21.9k lines/s), Spark 136 s (1.5k lines/s): 14.8x; the same accounting on both
+(200,680 read, 200,270 loaded, 406 duplicates, 4 rejected). Nothing new: DuckDB 0.05 s, Spark
+1.9 s (the listing of raw.ingested_files and newest dt, each a Spark job). Where Spark's time
+goes (5 days x 20k events, 63 s): staging (text scan, line numbers by a window, from_json, the
+judgement, localCheckpoint) 23 s, deduplication (two windows, the semi-join against stored keys,
+localCheckpoint) 13 s, the Parquet append of raw.events 7 s, the rest ~1-2 s per Spark statement
+(leftover check, counts, rejected, file rows) per batch of one kind.
 """
 
 from __future__ import annotations

@@ -90,9 +90,12 @@ def ingest_spark(
     run_id: str,
     emit: Callable[[FileResult], None],
 ) -> None:
-    """Ingest `files` (in discovery order) into the Spark warehouse; one result each, in order."""
+    """Ingest `files` (in discovery order) into the Spark warehouse: one result each (a skipped
+    file's may come before those of a batch of files listed before it)."""
     spark: SparkSession = wh.conn
-    # One partition per file: line numbers come from the order of one scan (module doc).
+    # One partition per file: line numbers come from the order of one scan (module doc). The
+    # session is the process's: its setting is given back at the end.
+    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(2 * BATCH_BYTES))
     todo = [lf for lf in files if not _unchanged(known, lf)]
     prefetch = Prefetch([lf.path for lf in todo])
@@ -106,6 +109,7 @@ def ingest_spark(
         prefetch.close()
         for view in (_LINES, _STAGED, _KEEP):
             spark.catalog.dropTempView(view)
+        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
 
 
 def _batches(
