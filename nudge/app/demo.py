@@ -103,26 +103,28 @@ def run_demo(
     prepare_pipeline(settings)
     instance = dagster_instance()
     outbox = settings.outbox_dir.resolve()
-    before = set(outbox.glob("*.eml")) if outbox.exists() else set()
+    began = time.time()
 
     evaluated = evaluation_days(days, every)
     print(
         f"Simulating {days} days of API traffic from {users} users ({start} .. "
-        f"{start + timedelta(days=days - 1)}), evaluated every {every} days through Dagster "
+        f"{start + timedelta(days=days - 1)}), evaluated "
+        f"{'every day' if every == 1 else f'every {every} days'} through Dagster "
         f"(DAGSTER_HOME={settings.dagster_home}); held out: "
         + ", ".join(f"{int(v * 100)}% of {k}" for k, v in DEMO_HOLDOUTS.items())
         + ". Only the evaluations where something happened are listed."
     )
     failures, t0 = _simulate(sim, evaluated, instance, settings)
     seconds = time.monotonic() - t0
-    new_files = sorted(set(outbox.glob("*.eml")) - before)
+    # The demo's .eml names are the same each time: what this run wrote is what is newer.
+    written = [p for p in outbox.glob("*.eml") if p.stat().st_mtime >= began]
     responded = ", ".join(f"{n} {what}" for what, n in sorted(sim.responded.items()))
     print(
-        f"\nSimulated in {seconds:.0f}s: {len(evaluated)} evaluations, {len(new_files)} emails "
+        f"\nSimulated in {seconds:.0f}s: {len(evaluated)} evaluations, {len(written)} emails "
         f"in {outbox}; simulated users responded: {responded or 'none'}."
     )
-    if new_files:
-        print(f"Open one: {new_files[0]}")
+    if written:
+        print(f"Open one: {min(written)}")
     _print_report(settings)
     print(
         f"The demo turned on {', '.join(DEMO_PLAYBOOKS)} and held out part of "
