@@ -22,7 +22,7 @@ def happenings(day: date, rows: list[dict[str, Any]]) -> list[str]:
         parts = []
         if r["kind"] == "baseline":
             if r["members"]:
-                parts.append(f"{r['members']} already in (baseline: not mailed)")
+                parts.append("baseline, not mailed")
         else:
             if r["entered"]:
                 parts.append(f"{r['entered']} entered")
@@ -40,7 +40,9 @@ def happenings(day: date, rows: list[dict[str, Any]]) -> list[str]:
             ]
             parts += [f"{n} {s}" for s, n in sorted(states.items()) if s not in ("sent", "skipped")]
         if parts:
-            lines.append(f"{day!s:<11} {r['campaign']:<17} {', '.join(parts)}")
+            lines.append(
+                f"{day!s:<11} {r['campaign']:<17} {', '.join(parts)}  ({r['members']} members)"
+            )
     return lines
 
 

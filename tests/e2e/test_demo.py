@@ -23,7 +23,7 @@ from synthetic.simulation import ACTIVATION_CAMPAIGN, Response
 pytestmark = pytest.mark.integration
 
 DAY_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}  ")
-HAPPENED = re.compile(r"\d+ (entered|exited|emailed|held out|skipped|already in)")
+HAPPENED = re.compile(r"\d+ (entered|exited|emailed|held out|skipped)|baseline")
 
 
 @dataclass

@@ -43,7 +43,9 @@ def callers(out: Path, day: int) -> set[str]:
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as fh:
             text = fh.read()
-        rows = json.loads(text) if path.name.endswith(".json") else map(json.loads, text.splitlines())
+        rows = (
+            json.loads(text) if path.name.endswith(".json") else map(json.loads, text.splitlines())
+        )
         seen |= {r["user_id"] for r in rows if r.get("user_id")}
     return seen
 
@@ -125,4 +127,4 @@ def test_only_campaigns_where_something_happened_are_printed() -> None:
     busy = dict(quiet, campaign="busy", entered=3, states={"sent": 2, "skipped": 1},
                 skipped={"holdout": 1})  # fmt: skip
     lines = happenings(START, [quiet, busy])
-    assert lines == [f"{START}  busy              3 entered, 2 emailed, 1 held out"]
+    assert lines == [f"{START}  busy              3 entered, 2 emailed, 1 held out  (4 members)"]
