@@ -22,7 +22,7 @@ import json
 import random
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -119,9 +119,10 @@ class Simulation:
                     encoding="utf-8",
                 )
 
-    def write_day(self, day: int) -> int:
-        """Write day `day`'s dump folder (dt=start+day) from the population as it stands; the
-        number of events."""
+    def write_day(self, day: int, dump_day: int | None = None) -> int:
+        """Write day `day`'s events from the population as it stands, as dump files in the
+        folder of `dump_day` (default `day`; a dump written every few days holds the days since
+        the last one: dt= is the day a dump is written); the number of events."""
         # Each day its own draws and its own event ids' seed, whatever the days before did.
         rng = random.Random(f"{self.seed}:plan:{day}")
         plan = [
@@ -130,7 +131,15 @@ class Simulation:
         ]
         day_seed = self.seed * 1_000 + day
         when = self.start + timedelta(days=day)
-        files = event_files(self.out_dir, when, 1, self.files_per_day)
+        folder = (
+            self.out_dir
+            / "events"
+            / f"dt={self.start + timedelta(days=day if dump_day is None else dump_day)}"
+        )
+        files = [
+            replace(f, path=folder / f.path.name)
+            for f in event_files(self.out_dir, when, 1, self.files_per_day)
+        ]
         with tempfile.TemporaryDirectory(prefix="nudge-demo-day-") as spill:
             con = duckdb.connect(config={"temp_directory": spill})
             try:

@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate weeks of API traffic that responds to the emails; end with the report",
     )
     sp.add_argument("--days", type=int, default=28)
-    sp.add_argument("--users", type=int, default=400)
-    sp.add_argument("--every", type=int, default=2, help="evaluate every N simulated days")
+    sp.add_argument("--users", type=int, default=600)
+    sp.add_argument("--every", type=int, default=3, help="evaluate every N simulated days")
     sp.add_argument("--events-per-day", type=int, default=6000)
 
     sp = add("run", cmd_run, "one evaluation: ingest, build, evaluate, send")

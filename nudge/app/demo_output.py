@@ -41,7 +41,8 @@ def happenings(day: date, rows: list[dict[str, Any]]) -> list[str]:
             parts += [f"{n} {s}" for s, n in sorted(states.items()) if s not in ("sent", "skipped")]
         if parts:
             lines.append(
-                f"{day!s:<11} {r['campaign']:<17} {', '.join(parts)}  ({r['members']} members)"
+                f"{day!s:<11} {r['campaign']:<17} {', '.join(parts)}  "
+                f"({r['members']} member{'' if r['members'] == 1 else 's'})"
             )
     return lines
 

@@ -50,7 +50,7 @@ def _nudge(work: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     work = tmp_path_factory.mktemp("demo")
-    stdout = _nudge(work, "demo", "--days", "29", "--every", "14", "--users", "400")
+    stdout = _nudge(work, "demo", "--days", "29", "--every", "14", "--users", "600")
     return Demo(work, stdout, json.loads(_nudge(work, "report", "--json")))
 
 
