@@ -89,8 +89,14 @@ def run_demo(
     days: int = 28, users: int = 600, events_per_day: int = 6000, every: int = EVALUATE_EVERY
 ) -> int:
     from nudge.app.session import command_settings, dagster_instance, prepare_pipeline
+    from synthetic.generate import MIN_USERS
     from synthetic.simulation import Simulation
 
+    if every < 1 or days < 1 or users < MIN_USERS:
+        raise ConfigError(
+            f"nudge demo needs --every >= 1, --days >= 1 and --users >= {MIN_USERS} "
+            f"(got {every}, {days}, {users})"
+        )
     _demo_switches()
     settings = command_settings()
     _reset(settings)
