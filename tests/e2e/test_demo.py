@@ -94,3 +94,15 @@ def test_the_demo_ends_with_the_report_and_its_page(demo: Demo) -> None:
     page = demo.work / REPORT_HTML
     assert f"Charts: {page.resolve()}" in tail
     assert "<html" in page.read_text(encoding="utf-8").lower()
+
+
+def test_the_demo_evaluates_without_dbt_tests_but_with_the_guards(demo: Demo) -> None:
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(demo.work / "data" / "dagster_home"))
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name="nudge_evaluate"))
+    assert runs
+    for run in runs:
+        events = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        checks = {e.dagster_event.event_specific_data.asset_check_key.name for e in events}
+        assert checks == {"guards"}, checks
