@@ -113,6 +113,8 @@ KNOWN_KEYS = frozenset(
 MAX_HOLDOUT_SHARE = 0.5  # more than half held out would starve the campaign it measures
 # The operator's switch: campaigns turned on over their yml's `enabled: false`.
 ENABLED_CAMPAIGNS_ENV = "NUDGE_ENABLED_CAMPAIGNS"
+# The operator's holdout override: `campaign=share,...` over the yml's holdout_share.
+HOLDOUT_SHARES_ENV = "NUDGE_HOLDOUT_SHARES"
 
 
 class CampaignError(Exception):
@@ -445,6 +447,7 @@ def read_campaigns(
             campaigns.append(campaign)
     campaigns = resolve_goals(campaigns, nodes)
     campaigns = apply_switches(campaigns, enabled_campaigns() if enable is None else enable)
+    campaigns = apply_holdout_shares(campaigns, holdout_shares())
     log.info(
         "read %d campaign(s) from the dbt manifest, %d enabled",
         len(campaigns),
@@ -470,6 +473,43 @@ def apply_switches(campaigns: list[Campaign], enable: Iterable[str]) -> list[Cam
         else c
         for c in campaigns
     ]
+
+
+def apply_holdout_shares(campaigns: list[Campaign], shares: dict[str, float]) -> list[Campaign]:
+    """Set the holdout_share of the campaigns named (an unknown name is an error, as for the
+    switches)."""
+    unknown = sorted(set(shares) - {c.name for c in campaigns})
+    if unknown:
+        raise CampaignError(
+            f"{HOLDOUT_SHARES_ENV} names unknown campaign(s) {', '.join(unknown)}; "
+            f"campaigns: {', '.join(sorted(c.name for c in campaigns)) or 'none'}"
+        )
+    return [replace(c, holdout_share=shares[c.name]) if c.name in shares else c for c in campaigns]
+
+
+def holdout_shares(text: str | None = None) -> dict[str, float]:
+    """NUDGE_HOLDOUT_SHARES (`campaign=share,...`; the environment, else `.env`) as a dict;
+    each share checked as the yml's holdout_share is."""
+    from nudge.core.settings import holdout_shares_setting
+
+    text = holdout_shares_setting() if text is None else text
+    shares: dict[str, float] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = (part.strip() for part in item.partition("="))
+        try:
+            share = float(value) if sep and name else None
+        except ValueError:
+            share = None
+        if share is None:
+            raise CampaignError(
+                f"{HOLDOUT_SHARES_ENV}: {item!r} is not campaign=share (e.g. not_activated_7d=0.3)"
+            )
+        shares[name] = _number(
+            share, "holdout_share", HOLDOUT_SHARES_ENV, maximum=MAX_HOLDOUT_SHARE
+        )
+    return shares
 
 
 def enabled_campaigns() -> list[str]:

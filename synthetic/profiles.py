@@ -413,27 +413,37 @@ def build_plan(
     plan: list[tuple[int, int, str, int]] = []
     volumes = day_volumes(events_per_day, population.days, population.start)
     for day, volume in enumerate(volumes):
-        weekend = (population.start + timedelta(days=day)).weekday() >= 5
-        special = [(u.uid, mix, n) for u in population.users for mix, n in u.special.get(day, [])]
-        anon = round(volume * ANON_SHARE)
-        normal = max(volume - anon - sum(n for _, _, n in special), volume // 2)
-        active: list[SyntheticUser] = []
-        for user in population.users:
-            first = user.first_call_day
-            if first is None or day < first:
-                continue
-            p = user.p_active * (0.6 if weekend else 1.0)
-            if day == first or rng.random() < p:
-                active.append(user)
-        counts = _allocate(normal, [u.weight for u in active])
-        for user, n in zip(active, counts, strict=True):
-            n = max(n, 2) if day == user.first_call_day else n
-            if n:
-                plan.append((user.uid, day, MIX_CLEAN if user.clean else MIX_NORMAL, n))
-        plan.extend((uid, day, mix, n) for uid, mix, n in special if n)
-        for uid, mix, share in ANON_SENDERS:
-            if round(anon * share):
-                plan.append((uid, day, mix, round(anon * share)))
+        plan.extend(plan_day(population, day, volume, rng))
+    return plan
+
+
+def plan_day(
+    population: Population, day: int, volume: int, rng: random.Random
+) -> list[tuple[int, int, str, int]]:
+    """One day of build_plan, from the population as it stands (the demo changes it between
+    days: simulated users respond to the emails)."""
+    plan: list[tuple[int, int, str, int]] = []
+    weekend = (population.start + timedelta(days=day)).weekday() >= 5
+    special = [(u.uid, mix, n) for u in population.users for mix, n in u.special.get(day, [])]
+    anon = round(volume * ANON_SHARE)
+    normal = max(volume - anon - sum(n for _, _, n in special), volume // 2)
+    active: list[SyntheticUser] = []
+    for user in population.users:
+        first = user.first_call_day
+        if first is None or day < first:
+            continue
+        p = user.p_active * (0.6 if weekend else 1.0)
+        if day == first or rng.random() < p:
+            active.append(user)
+    counts = _allocate(normal, [u.weight for u in active])
+    for user, n in zip(active, counts, strict=True):
+        n = max(n, 2) if day == user.first_call_day else n
+        if n:
+            plan.append((user.uid, day, MIX_CLEAN if user.clean else MIX_NORMAL, n))
+    plan.extend((uid, day, mix, n) for uid, mix, n in special if n)
+    for uid, mix, share in ANON_SENDERS:
+        if round(anon * share):
+            plan.append((uid, day, mix, round(anon * share)))
     return plan
 
 

@@ -62,7 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from nudge.app.demo import run_demo
 
-    return run_demo(days=args.days, users=args.users, events_per_day=args.events_per_day)
+    return run_demo(
+        days=args.days, users=args.users, events_per_day=args.events_per_day, every=args.every
+    )
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -323,9 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("demo", cmd_demo, "generate demo dumps and run the pipeline day by day")
+    sp = add(
+        "demo",
+        cmd_demo,
+        "simulate weeks of API traffic that responds to the emails; end with the report",
+    )
     sp.add_argument("--days", type=int, default=28)
-    sp.add_argument("--users", type=int, default=160)
+    sp.add_argument("--users", type=int, default=600)
+    sp.add_argument("--every", type=int, default=3, help="evaluate every N simulated days")
     sp.add_argument("--events-per-day", type=int, default=6000)
 
     sp = add("run", cmd_run, "one evaluation: ingest, build, evaluate, send")

@@ -97,6 +97,7 @@ def execute(
     *,
     partition_key: str | None = None,
     asset_selection: Sequence[dg.AssetKey] | None = None,
+    dbt_tests: bool = True,
 ) -> JobOutcome:
     with warnings.catch_warnings():
         # Raw events backfill days in one run, models and evaluations one day a run (each day is
@@ -105,6 +106,8 @@ def execute(
             "ignore", message=".*varying BackfillPolicies", category=UserWarning
         )
         job = definitions().resolve_job_def(job_name)
+        if not dbt_tests:
+            job = _without_dbt_tests(job)
     # dbt's own progress lines go to stdout; in the terminal they would bury Nudge's summary,
     # so unless verbose they go to a log file in DAGSTER_HOME (the UI has every event anyway).
     with _step_output(instance, job_name) as log_file:
@@ -115,6 +118,17 @@ def execute(
         if log_file:
             outcome.error += f" (step output: {log_file})"
     return outcome
+
+
+def _without_dbt_tests(job: dg.JobDefinition) -> dg.JobDefinition:
+    """The job with every asset and every asset check but dbt's data tests (dagster-dbt builds
+    only the selected checks' tests)."""
+    from orchestration.defs.transform.assets import nudge_dbt_models
+
+    checks = set(job.asset_layer.asset_graph.asset_check_keys) - set(nudge_dbt_models.check_keys)
+    return job.get_subset(
+        asset_selection=set(job.asset_layer.selected_asset_keys), asset_check_selection=checks
+    )
 
 
 @contextmanager
@@ -172,9 +186,16 @@ def _catch_up_ingest(
 
 
 def run_evaluation(
-    end: datetime, instance: dg.DagsterInstance, settings: Settings, *, send: bool = True
+    end: datetime,
+    instance: dg.DagsterInstance,
+    settings: Settings,
+    *,
+    send: bool = True,
+    dbt_tests: bool = True,
 ) -> list[JobOutcome]:
-    """One evaluation at `end`: ingest every pending dump file, build, evaluate, then send."""
+    """One evaluation at `end`: ingest every pending dump file, build, evaluate, then send.
+
+    `dbt_tests=False` skips dbt's data tests (the demo's, on data it generated itself)."""
     day = day_partition(end)
     outcomes = _catch_up_ingest(settings, instance, day)
     if not all(o.success for o in outcomes):
@@ -183,7 +204,9 @@ def run_evaluation(
     tags = instant_tags(end)
     if outcomes:
         tags[INGEST_RUNS_TAG] = ",".join(o.run_id for o in outcomes)
-    outcomes.append(execute("nudge_evaluate", instance, tags, partition_key=day))
+    outcomes.append(
+        execute("nudge_evaluate", instance, tags, partition_key=day, dbt_tests=dbt_tests)
+    )
     if send and outcomes[-1].success:
         send_tags = {**instant_tags(end), EVALUATION_RUN_TAG: outcomes[-1].run_id}
         outcomes.append(execute("nudge_send", instance, send_tags))

@@ -11,7 +11,8 @@ from nudge.core.warehouse import connect_state
 
 
 def evaluation_rows(settings: Settings, end: datetime) -> list[dict[str, Any]]:
-    """Per campaign at instant `end`: members, entered, exited, and ledger states of its entries."""
+    """Per campaign at instant `end`: members, entered, exited, and the ledger states of its
+    entries (`states`, and `skipped` by reason)."""
     with connect_state(settings) as wh:
         if not wh.table_exists("nudge", "evaluations"):
             return []
@@ -21,15 +22,20 @@ def evaluation_rows(settings: Settings, end: datetime) -> list[dict[str, Any]]:
             [end],
         )
         states = wh.fetchall(
-            "select campaign, state, count(*) from nudge.send_ledger where entry_as_of = ? "
-            "group by campaign, state",
+            "select campaign, state, reason, count(*) from nudge.send_ledger "
+            "where entry_as_of = ? group by campaign, state, reason",
             [end],
         )
     by_campaign: dict[str, dict[str, int]] = {}
-    for campaign, state, n in states:
-        by_campaign.setdefault(campaign, {})[state] = int(n)
+    skipped: dict[str, dict[str, int]] = {}
+    for campaign, state, reason, n in states:
+        counts = by_campaign.setdefault(campaign, {})
+        counts[state] = counts.get(state, 0) + int(n)
+        if state == "skipped":
+            skipped.setdefault(campaign, {})[reason or "?"] = int(n)
     for row in evaluations:
         row["states"] = by_campaign.get(row["campaign"], {})
+        row["skipped"] = skipped.get(row["campaign"], {})
     return evaluations
 
 

@@ -398,6 +398,7 @@ class _CampaignSwitches(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NUDGE_", env_file=".env", extra="ignore")
 
     enabled_campaigns: str = ""
+    holdout_shares: str = ""
 
 
 def enabled_campaigns_setting() -> str:
@@ -405,3 +406,9 @@ def enabled_campaigns_setting() -> str:
     yml's `enabled: false`). Read on its own: loading the campaigns (the Dagster code location,
     `nudge status`) must not depend on every other setting being valid."""
     return _CampaignSwitches().enabled_campaigns
+
+
+def holdout_shares_setting() -> str:
+    """NUDGE_HOLDOUT_SHARES (`campaign=share,...`: holdout shares over the yml's, the way
+    `nudge demo` gives the seed campaigns a control group without editing their yml)."""
+    return _CampaignSwitches().holdout_shares
