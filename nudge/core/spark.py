@@ -77,6 +77,9 @@ def local_server_conf(settings: Settings, master: str) -> dict[str, str]:
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.ui.enabled": "false",
         "spark.sql.ansi.enabled": "false",
+        # No session keeps a table's file list: dbt's session rewrites the tables that the
+        # run's own session reads next (else FILE_NOT_EXIST on the old files).
+        "spark.sql.filesourceTableRelationCacheSize": "0",
     }
 
 
@@ -311,28 +314,6 @@ def spark_session(settings: Settings) -> SparkSession:
             atexit.register(close_sessions)
         _SESSIONS[remote] = session
     return session
-
-
-@contextmanager
-def fresh_session(settings: Settings) -> Iterator[SparkSession]:
-    """A session of its own for one unit of work, released after it.
-
-    A Spark session caches the files of every table it read; when dbt (another session)
-    rewrites the table, reading it again fails with FILE_NOT_EXIST. Each `connect()` therefore
-    reads through a new session (a gRPC call, not a JVM)."""
-    spark_session(settings)  # the process's first: checks the server, creates the databases
-    from pyspark.sql import SparkSession
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module="pyspark")
-        session = SparkSession.builder.remote(remote_url(settings)).create()
-    for key, value in SESSION_CONF.items():
-        session.conf.set(key, value)
-    try:
-        yield session
-    finally:
-        with contextlib.suppress(Exception):
-            session.stop()
 
 
 def close_sessions() -> None:

@@ -141,7 +141,12 @@ class Warehouse:
         parts = relation_name.split(".")[-2:]
         if self.kind == "spark":
             # The manifest may have been parsed for another target ("db"."schema"."table").
-            return ".".join(p.strip('`"') for p in parts)
+            name = ".".join(p.strip('`"') for p in parts)
+            # A session keeps the files of a table it read; dbt (its own session) may have
+            # rewritten them since, and reading the old ones fails (FILE_NOT_EXIST).
+            if self.conn.catalog.tableExists(name):
+                self.conn.catalog.refreshTable(name)
+            return name
         return ".".join(parts)
 
 
@@ -225,10 +230,10 @@ def connect_both(settings: Settings) -> Iterator[tuple[Warehouse, Warehouse]]:
 @contextmanager
 def _open(url: WarehouseUrl, settings: Settings) -> Iterator[Warehouse]:
     if url.kind == "spark":
-        from nudge.core.spark import fresh_session
+        from nudge.core.spark import spark_session
 
-        with fresh_session(settings) as session:
-            yield Warehouse(url, session)
+        # The session is the process's, shared and reused; closing this handle keeps it.
+        yield Warehouse(url, spark_session(settings))
     elif url.kind == "duckdb":
         import duckdb
 
