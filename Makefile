@@ -33,7 +33,7 @@ test: install-spark
 	$(BIN)/pytest
 
 test-fast: install
-	$(BIN)/pytest -m "not integration and not postgres and not browser"
+	$(BIN)/pytest -m "not integration and not postgres and not browser and not spark"
 
 lint: install
 	$(BIN)/ruff check .
