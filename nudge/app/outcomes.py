@@ -51,7 +51,13 @@ def build_outcomes(
 ) -> None:
     """`dbt build` of the outcome models (and their data tests) at `as_of` (None: now)."""
     with connect_both(settings) as (wh, state):
-        ensure_schema(state)  # a state store never evaluated still reports (nothing)
+        evaluated = state.table_exists("nudge", "evaluations") and state.fetchone(
+            "select count(*) from nudge.evaluations"
+        )[0]
+        if not evaluated:
+            # The outcome models read the marts that the first evaluation builds.
+            raise ConfigError("nothing to report yet: no evaluation has run (`nudge run` first)")
+        ensure_schema(state)
         load_spool(state, settings)  # what `nudge serve` spooled (DuckDB) counts in the report
         copy_state(state, wh)  # the outcome models read the state in the warehouse
     with tempfile.TemporaryDirectory(prefix="nudge-outcomes-") as tmp:

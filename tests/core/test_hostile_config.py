@@ -257,3 +257,26 @@ def test_run_sends_without_signed_links_when_every_campaign_has_an_unsubscribe_g
         assert m["asm"] == {"group_id": 4242}
         for p in m["personalizations"]:
             assert "List-Unsubscribe" not in (p.get("headers") or {})
+
+
+def test_a_report_before_any_evaluation_says_so_in_one_line(env: Path) -> None:
+    run_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "NUDGE_WAREHOUSE": f"duckdb:///{env / 'wh.duckdb'}",
+        "DAGSTER_HOME": str(env / "dagster_home"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "nudge.app.cli", "report", "--json"],
+        env=run_env,
+        cwd=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "nudge: nothing to report yet: no evaluation has run (`nudge run` first)"
+    ]

@@ -39,9 +39,11 @@ def _run_scenario(
     monkeypatch: pytest.MonkeyPatch,
     delivered: Callable[[], list[bytes]],
     stores: dict[str, str] | None = None,
+    alternate: list[dict[str, str]] | None = None,
 ) -> dict[Email, email.message.EmailMessage]:
     """Every evaluation of the scenario; `stores` sets NUDGE_WAREHOUSE (and NUDGE_STATE_STORE,
-    Spark's settings...) when not the default DuckDB file."""
+    Spark's settings...) when not the default DuckDB file; evaluation i also gets
+    `alternate[i % len(alternate)]` (two ways to one warehouse, taking turns)."""
     landing = tmp_path / "landing"
     write_profiles(landing)
     monkeypatch.setenv("NUDGE_LANDING_DIR", str(landing))
@@ -53,7 +55,9 @@ def _run_scenario(
 
     expected: set[Email] = set()
     messages: dict[Email, email.message.EmailMessage] = {}
-    for day, new in EXPECTED:
+    for i, (day, new) in enumerate(EXPECTED):
+        for name, value in (alternate[i % len(alternate)] if alternate else {}).items():
+            monkeypatch.setenv(name, value)
         land_until(landing, day)
         assert nudge(["run", "--as-of", day.isoformat()]) == 0, f"nudge run --as-of {day} failed"
         expected |= new
@@ -106,7 +110,20 @@ def run_outbox_scenario(
         stores,
     )
     _check_content(messages)
+    check_status(capsys)
+    stores = stores or {}
+    if "NUDGE_STATE_STORE" in stores and "NUDGE_WAREHOUSE" not in stores:
+        # The ledger lives in the state store, and nothing of it in the DuckDB warehouse.
+        import duckdb
 
+        with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+            assert not con.execute(
+                "select count(*) from information_schema.tables where table_name = 'send_ledger'"
+            ).fetchone()[0]
+
+
+def check_status(capsys: pytest.CaptureFixture[str]) -> None:
+    """`nudge status --json` after the scenario: its line accounting and ledger counts."""
     capsys.readouterr()
     assert nudge(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -119,15 +136,6 @@ def run_outbox_scenario(
     assert sends["not_activated_7d"]["skipped"] == 1  # ua_noemail
     assert sends["too_many_4xx_7d"]["sent"] == 2
     assert sends["too_many_4xx_7d"]["skipped"] == 1  # ux_1000's re-entry inside the cooldown
-    stores = stores or {}
-    if "NUDGE_STATE_STORE" in stores and "NUDGE_WAREHOUSE" not in stores:
-        # The ledger lives in the state store, and nothing of it in the DuckDB warehouse.
-        import duckdb
-
-        with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
-            assert not con.execute(
-                "select count(*) from information_schema.tables where table_name = 'send_ledger'"
-            ).fetchone()[0]
 
 
 def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +143,10 @@ def test_scenario_smtp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_smtp_scenario(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stores: dict[str, str] | None = None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stores: dict[str, str] | None = None,
+    alternate: list[dict[str, str]] | None = None,
 ) -> None:
     """The scenario through a real SMTP server: exact emails, CC copies, unsubscribe links."""
     from aiosmtpd.controller import Controller
@@ -163,6 +174,7 @@ def run_smtp_scenario(
             monkeypatch,
             lambda: [raw for rcpts, raw in received if rcpts != [SE]],
             stores,
+            alternate,
         )
     finally:
         controller.stop()
