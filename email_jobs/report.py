@@ -2,7 +2,8 @@
 
 Read from the outcome models (dbt_project/models/outcomes: fct_campaign_entries,
 fct_campaign_lift) into pandas frames; the campaign-level lift is computed here from the same
-matured entries, with the same normal approximation as fct_campaign_lift's weekly rows.
+matured entries, with the same interval as fct_campaign_lift's weekly rows (Newcombe's hybrid
+score interval, the same operations in the same order as its SQL).
 """
 
 from __future__ import annotations
@@ -36,16 +37,34 @@ class Lift:
         return self.ci_low > 0 or self.ci_high < 0
 
 
+def wilson(conversions: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of conversions / n (n > 0): it stays within [0, 1] and
+    keeps a width at 0% and 100%. Written as dbt_project/macros/nudge_wilson.sql."""
+    p = conversions / n
+    center = p + Z_95 * Z_95 / (2 * n)
+    spread = Z_95 * math.sqrt(p * (1 - p) / n + Z_95 * Z_95 / (4 * n * n))
+    scale = 1 + Z_95 * Z_95 / n
+    low = 0.0 if p == 0 else (center - spread) / scale
+    high = 1.0 if p == 1 else (center + spread) / scale
+    return low, high
+
+
 def lift_interval(n_t: int, c_t: int, n_h: int, c_h: int) -> Lift:
-    """Conversion per group and the difference of the two proportions with its 95% Wald
-    interval; None where a group is empty."""
+    """Conversion per group and the difference of the two proportions with its 95% interval:
+    Newcombe's hybrid score interval (method 10 of Newcombe 1998), which, unlike the normal
+    approximation, stays within [-1, 1] and has a width even when both rates are 0% or 100%.
+    None where a group is empty."""
     p_t = c_t / n_t if n_t else None
     p_h = c_h / n_h if n_h else None
     if p_t is None or p_h is None:
         return Lift(p_t, p_h, None, None, None)
+    low_t, high_t = wilson(c_t, n_t)
+    low_h, high_h = wilson(c_h, n_h)
     diff = p_t - p_h
-    se = math.sqrt(p_t * (1 - p_t) / n_t + p_h * (1 - p_h) / n_h)
-    return Lift(p_t, p_h, diff, diff - Z_95 * se, diff + Z_95 * se)
+    # Each side takes the two groups' Wilson distances that push the difference that way.
+    low = diff - math.sqrt((p_t - low_t) * (p_t - low_t) + (high_h - p_h) * (high_h - p_h))
+    high = diff + math.sqrt((high_t - p_t) * (high_t - p_t) + (p_h - low_h) * (p_h - low_h))
+    return Lift(p_t, p_h, diff, low, high)
 
 
 def read_entries(wh: Warehouse, relation: str) -> pd.DataFrame:

@@ -1,8 +1,10 @@
 -- Per campaign and entry week (Monday, UTC): conversion of the treatment and the holdout over
 -- matured entries only (an entry whose goal window is still open could yet convert), the
--- absolute lift (treatment minus holdout) and its 95% confidence interval: the normal
--- approximation of the difference of two independent proportions (Wald). `significant` when the
--- interval excludes 0. Null where a group has no entry that week.
+-- absolute lift (treatment minus holdout) and its 95% confidence interval: Newcombe's hybrid
+-- score interval (method 10 of Newcombe 1998), built from each group's Wilson score interval.
+-- Unlike the normal approximation (Wald) it stays within [-1, 1] and keeps a width when a rate
+-- is 0% or 100%, which small weekly groups often are. `significant` when the interval excludes
+-- 0. Null where a group has no entry that week. email_jobs/report.py computes the same.
 
 with
 
@@ -49,17 +51,35 @@ rates as (
 
 ),
 
-lift as (
+wilson as (
 
     select
         *,
-        conversion_treatment - conversion_holdout as lift,
-        sqrt(
-            conversion_treatment * (1 - conversion_treatment) / entries_treatment
-            + conversion_holdout * (1 - conversion_holdout) / entries_holdout
-        ) as lift_se
+        {{ nudge_wilson_low('conversion_treatment', 'entries_treatment') }} as low_treatment,
+        {{ nudge_wilson_high('conversion_treatment', 'entries_treatment') }} as high_treatment,
+        {{ nudge_wilson_low('conversion_holdout', 'entries_holdout') }} as low_holdout,
+        {{ nudge_wilson_high('conversion_holdout', 'entries_holdout') }} as high_holdout
 
     from rates
+
+),
+
+lift as (
+
+    -- Each side of the difference takes the two groups' Wilson distances that push it that way.
+    select
+        *,
+        conversion_treatment - conversion_holdout as lift,
+        conversion_treatment - conversion_holdout - sqrt(
+            (conversion_treatment - low_treatment) * (conversion_treatment - low_treatment)
+            + (high_holdout - conversion_holdout) * (high_holdout - conversion_holdout)
+        ) as lift_ci_low,
+        conversion_treatment - conversion_holdout + sqrt(
+            (high_treatment - conversion_treatment) * (high_treatment - conversion_treatment)
+            + (conversion_holdout - low_holdout) * (conversion_holdout - low_holdout)
+        ) as lift_ci_high
+
+    from wilson
 
 ),
 
@@ -75,12 +95,11 @@ final as (
         conversion_treatment,
         conversion_holdout,
         lift,
-        lift - 1.959963984540054 * lift_se as lift_ci_low,
-        lift + 1.959963984540054 * lift_se as lift_ci_high,
+        lift_ci_low,
+        lift_ci_high,
         case
             when lift is null then null
-            when lift - 1.959963984540054 * lift_se > 0
-                or lift + 1.959963984540054 * lift_se < 0 then true
+            when lift_ci_low > 0 or lift_ci_high < 0 then true
             else false
         end as significant
 
