@@ -51,9 +51,10 @@ def build_outcomes(
 ) -> None:
     """`dbt build` of the outcome models (and their data tests) at `as_of` (None: now)."""
     with connect_both(settings) as (wh, state):
-        evaluated = state.table_exists("nudge", "evaluations") and state.fetchone(
-            "select count(*) from nudge.evaluations"
-        )[0]
+        evaluated = (
+            state.table_exists("nudge", "evaluations")
+            and state.fetchone("select count(*) from nudge.evaluations")[0]
+        )
         if not evaluated:
             # The outcome models read the marts that the first evaluation builds.
             raise ConfigError("nothing to report yet: no evaluation has run (`nudge run` first)")
