@@ -166,9 +166,12 @@ def spark_warehouse(spark_server: dict[str, str]) -> Iterator[dict[str, str]]:
 
 
 def empty_spark_warehouse(spark_server: dict[str, str]) -> None:
-    """Drop Nudge's databases (raw, analytics, nudge) from the shared Spark."""
+    """Empty Nudge's databases (raw, analytics, nudge) in the shared Spark: dropped with their
+    tables, then created again, as a process's first Spark session leaves them (a later test in
+    the same process reuses that session, which creates them only once)."""
     from pyspark.sql import SparkSession
 
     session = SparkSession.builder.remote(spark_connect_url(spark_server)).getOrCreate()
     for schema in ("raw", "analytics", "nudge"):
         session.sql(f"drop database if exists {schema} cascade")
+        session.sql(f"create database {schema}")
