@@ -460,13 +460,7 @@ def apply_switches(campaigns: list[Campaign], enable: Iterable[str]) -> list[Cam
     """Turn on the campaigns the operator names; a name that is no campaign is an error, not a
     silent no-op (a typo would leave the playbook off without anyone noticing)."""
     names = {n.strip() for n in enable if n.strip()}
-    known = {c.name for c in campaigns}
-    unknown = sorted(names - known)
-    if unknown:
-        raise CampaignError(
-            f"{ENABLED_CAMPAIGNS_ENV} names unknown campaign(s) {', '.join(unknown)}; "
-            f"campaigns: {', '.join(sorted(known)) or 'none'}"
-        )
+    _check_known(names, campaigns, ENABLED_CAMPAIGNS_ENV)
     return [
         replace(c, enabled=True, enabled_by=ENABLED_CAMPAIGNS_ENV)
         if c.name in names and not c.enabled
@@ -478,13 +472,19 @@ def apply_switches(campaigns: list[Campaign], enable: Iterable[str]) -> list[Cam
 def apply_holdout_shares(campaigns: list[Campaign], shares: dict[str, float]) -> list[Campaign]:
     """Set the holdout_share of the campaigns named (an unknown name is an error, as for the
     switches)."""
-    unknown = sorted(set(shares) - {c.name for c in campaigns})
+    _check_known(set(shares), campaigns, HOLDOUT_SHARES_ENV)
+    return [replace(c, holdout_share=shares[c.name]) if c.name in shares else c for c in campaigns]
+
+
+def _check_known(names: set[str], campaigns: list[Campaign], env: str) -> None:
+    """An operator's override naming no campaign is an error, not a silent no-op."""
+    known = {c.name for c in campaigns}
+    unknown = sorted(names - known)
     if unknown:
         raise CampaignError(
-            f"{HOLDOUT_SHARES_ENV} names unknown campaign(s) {', '.join(unknown)}; "
-            f"campaigns: {', '.join(sorted(c.name for c in campaigns)) or 'none'}"
+            f"{env} names unknown campaign(s) {', '.join(unknown)}; "
+            f"campaigns: {', '.join(sorted(known)) or 'none'}"
         )
-    return [replace(c, holdout_share=shares[c.name]) if c.name in shares else c for c in campaigns]
 
 
 def holdout_shares(text: str | None = None) -> dict[str, float]:
