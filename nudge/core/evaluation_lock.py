@@ -73,24 +73,50 @@ def lock_file_path(settings: Settings) -> Path:
 @contextmanager
 def evaluation_lock(settings: Settings, wait_s: float = WAIT_S) -> Iterator[HeldLock]:
     """Hold the state store's evaluation lock, waiting for another holder to finish."""
+    with _state_lock(settings, PG_LOCK_KEY, ".evaluate", "evaluation", wait_s) as held:
+        yield held
+
+
+# Spark has no transactions and no file lock: two ingestions of one Spark warehouse at once
+# would both load a new file. They take turns through the state store instead.
+INGEST_LOCK_KEY = zlib.crc32(b"nudge.ingest")
+
+
+@contextmanager
+def ingest_lock(settings: Settings, wait_s: float = WAIT_S) -> Iterator[None]:
+    """One ingestion at a time into a Spark warehouse (DuckDB and Postgres warehouses lock
+    themselves, nudge.ingest.run); a no-op for them."""
+    if settings.warehouse_url.kind != "spark":
+        yield
+        return
+    with _state_lock(settings, INGEST_LOCK_KEY, ".ingest", "ingestion", wait_s):
+        yield
+
+
+@contextmanager
+def _state_lock(
+    settings: Settings, key: int, suffix: str, what: str, wait_s: float
+) -> Iterator[HeldLock]:
+    """A lock in the state store: a file lock beside a DuckDB state store
+    (`<file><suffix>.lock`), else a Postgres session-level advisory lock on `key`; waits for
+    another holder to finish."""
     url = settings.state_store_url
     if url.kind == "duckdb":
-        # duckdb_file_lock appends `.lock`: the file is `<warehouse>.evaluate.lock`.
-        with duckdb_file_lock(lock_file_path(settings), timeout_s=wait_s):
+        with duckdb_file_lock(url.path.with_name(url.path.name + suffix), timeout_s=wait_s):
             yield HeldLock("duckdb")
         return
     with connect_state(settings) as wh:
         wh.conn.autocommit = True
-        got = wh.fetchone("select pg_try_advisory_lock(?)", [PG_LOCK_KEY])
+        got = wh.fetchone("select pg_try_advisory_lock(?)", [key])
         if not (got and got[0]):
-            log.info("waiting for another evaluation of this warehouse to finish")
+            log.info("waiting for another %s of this warehouse to finish", what)
             wh.execute(f"set lock_timeout = '{int(wait_s)}s'")
-            wh.execute("select pg_advisory_lock(?)", [PG_LOCK_KEY])
+            wh.execute("select pg_advisory_lock(?)", [key])
         try:
             yield HeldLock("postgres", wh)
         finally:
             try:
-                wh.execute("select pg_advisory_unlock(?)", [PG_LOCK_KEY])
+                wh.execute("select pg_advisory_unlock(?)", [key])
             except Exception:  # closing the session below releases it anyway
                 log.debug("advisory unlock failed; the session's end releases the lock")
 

@@ -5,6 +5,7 @@ from datetime import date
 
 import dagster as dg
 
+from nudge.core.evaluation_lock import ingest_lock
 from nudge.ingest import IngestReport, ingest_pending
 from orchestration.defs.shared.partitions import days
 from orchestration.defs.shared.resources import NudgeResource
@@ -37,7 +38,7 @@ def _metadata(report: IngestReport, kind: str) -> dict[str, dg.MetadataValue]:
 def raw_events(context: dg.AssetExecutionContext, nudge: NudgeResource) -> dg.MaterializeResult:
     settings = nudge.settings()
     dts = [date.fromisoformat(k) for k in context.partition_keys]
-    with nudge.warehouse() as wh:
+    with ingest_lock(settings), nudge.warehouse() as wh:
         report = ingest_pending(
             wh,
             settings.landing_dir,
@@ -65,7 +66,7 @@ def raw_profiles(
     context: dg.AssetExecutionContext, nudge: NudgeResource
 ) -> Iterator[dg.MaterializeResult]:
     settings = nudge.settings()
-    with nudge.warehouse() as wh:
+    with ingest_lock(settings), nudge.warehouse() as wh:
         report = ingest_pending(
             wh,
             settings.landing_dir,
