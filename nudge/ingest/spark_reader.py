@@ -4,10 +4,11 @@
 which files to read exactly as on the other engines (size and mtime, then the content hash of
 `file_scan`), and Spark reads them:
 
-- Lines: every NDJSON file of a batch is read by `spark.read.text`, one scan per file so that a
-  file's lines come from one ordered scan; each line's number is its rank by
-  `monotonically_increasing_id()` within its file (ids increase along a scan, and with
-  `maxPartitionBytes` above the batch size no file is split). Spark's JSON parser
+- Lines: every NDJSON file of a batch is read by `spark.read.text`, one scan per file, and no
+  file is split (`maxPartitionBytes` above the largest file, `minPartitionNum` 1), so a file is
+  one partition read in order: a line's number is its position in the partition, the low bits of
+  `monotonically_increasing_id()`, with no shuffle (a check after staging holds every file's
+  numbers to 1..n). Spark's JSON parser
   (`from_json`, an explicit all-text schema, `mode=PERMISSIVE` and a corrupt-record column)
   parses each line, and `JUDGE` gives a bad line the reason the DuckDB path gives it.
 - Shipped lines: a JSON-array file (its elements numbered, as DuckDB numbers them) and a gzip
@@ -93,11 +94,17 @@ def ingest_spark(
     """Ingest `files` (in discovery order) into the Spark warehouse: one result each (a skipped
     file's may come before those of a batch of files listed before it)."""
     spark: SparkSession = wh.conn
-    # One partition per file: line numbers come from the order of one scan (module doc). The
-    # session is the process's: its setting is given back at the end.
-    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(2 * BATCH_BYTES))
     todo = [lf for lf in files if not _unchanged(known, lf)]
+    # One partition per file: line numbers come from the order of one scan (module doc). The
+    # session is the process's: its settings are given back at the end.
+    largest = max((_size(lf) for lf in todo), default=0)
+    settings = {
+        "spark.sql.files.maxPartitionBytes": str(max(2 * BATCH_BYTES, 2 * largest)),
+        "spark.sql.files.minPartitionNum": "1",
+    }
+    previous = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
     prefetch = Prefetch([lf.path for lf in todo])
     try:
         for item in _batches(wh, files, known, prefetch, emit):
@@ -109,7 +116,11 @@ def ingest_spark(
         prefetch.close()
         for view in (_LINES, _STAGED, _KEEP):
             spark.catalog.dropTempView(view)
-        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
+        for k, v in previous.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 def _batches(
@@ -228,16 +239,21 @@ def _load_batch(wh: Warehouse, batch: _Batch, run_id: str) -> list[tuple[_File, 
     idx_list = ", ".join(str(f.idx) for f in readable if f.idx not in moved) or "-1"
     if readable:
         _mark_keepers(spark, kind, idx_list)
-        for idx, lines_read, good, rejected, dups, conflicts in wh.fetchall(
-            f"""select s.idx, s.lines_read, s.good, s.rejected, coalesce(k.dups, 0),
-                    coalesce(k.conflicts, 0)
-                from (select idx, count_if(reason is null or reason <> '') as lines_read,
+        for idx, numbers, lines_read, good, rejected, dups, conflicts in wh.fetchall(
+            f"""select s.idx, s.numbers, s.lines_read, s.good, s.rejected,
+                    coalesce(k.dups, 0), coalesce(k.conflicts, 0)
+                from (select idx, array(count(*), count(distinct line_no), min(line_no),
+                            max(line_no)) as numbers,
+                        count_if(reason is null or reason <> '') as lines_read,
                         count_if(reason is null) as good, count_if(reason <> '') as rejected
                       from {_STAGED} group by idx) s
                 left join (select idx, count_if(not keep) as dups, sum(conflict) as conflicts
                            from {_KEEP} group by idx) k on s.idx = k.idx"""
         ):
             r = results[int(idx)]
+            lines = numbers[0]
+            if list(numbers) != [lines, lines, 1, lines]:  # not 1..n: a file was split
+                raise RuntimeError(f"{r.path}: Spark numbered its lines wrongly; nothing loaded")
             r.lines_read, r.rejected = int(lines_read), int(rejected)
             r.duplicates, r.conflicts = int(dups), int(conflicts)
             r.loaded = int(good) - r.duplicates
@@ -302,8 +318,9 @@ def _insert_rows(wh: Warehouse, batch: _Batch, idx_list: str, run_id: str, now: 
 def _lines_frame(spark: SparkSession, batch: _Batch) -> DataFrame:
     """(idx, line_no, line) of every line of the batch's files."""
     from pyspark.sql import functions as F
-    from pyspark.sql.window import Window
 
+    # monotonically_increasing_id() is (partition << 33) + the row's position in its partition.
+    in_partition = F.monotonically_increasing_id().bitwiseAND(F.lit((1 << 33) - 1)) + 1
     frames = []
     for f in batch.files:
         if f.shipped is not None or f.unreadable is not None:
@@ -311,7 +328,7 @@ def _lines_frame(spark: SparkSession, batch: _Batch) -> DataFrame:
         df = spark.read.text(str(f.lf.path)).select(
             F.lit(f.idx).alias("idx"),
             F.lit(f.lf.dt).cast("date").alias("dt"),
-            F.monotonically_increasing_id().alias("pos"),
+            in_partition.alias("line_no"),
             F.col("value").alias("line"),
         )
         frames.append(df)
@@ -319,15 +336,7 @@ def _lines_frame(spark: SparkSession, batch: _Batch) -> DataFrame:
     shipped = [(f.idx, n, text, f.lf.dt) for f in batch.files if f.shipped for n, text in f.shipped]
     out: DataFrame | None = None
     if frames:
-        lines = _union(frames)
-        numbered = lines.select(
-            "idx",
-            F.row_number().over(Window.partitionBy("idx").orderBy("pos")).cast("bigint")
-            .alias("line_no"),
-            "line",
-            "dt",
-        )  # fmt: skip
-        out = numbered
+        out = _union(frames).select("idx", "line_no", "line", "dt")
     if shipped or out is None:
         rows = spark.createDataFrame(shipped, schema)
         out = rows if out is None else out.unionByName(rows)
@@ -513,6 +522,13 @@ def _clear_leftovers(wh: Warehouse, batch: _Batch) -> None:
 
 
 # -- small pieces --------------------------------------------------------------------------------
+def _size(lf: LandingFile) -> int:
+    try:
+        return lf.path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _unchanged(known: Known, lf: LandingFile, st: os.stat_result | None = None) -> bool:
     try:
         st = st or lf.path.stat()
