@@ -110,7 +110,8 @@ def spark_start(args: dict[str, Any]) -> dict[str, Any]:
     """Start the embedded Spark (JVM and Spark Connect): a cost a `nudge run` pays once."""
     from nudge.core.spark import ensure_local_server
 
-    return {"remote": ensure_local_server(_spark_settings(args))}
+    ensure_local_server(_spark_settings(args))  # its URL carries the server's token: not shown
+    return {"started": True}
 
 
 def spark_stop(args: dict[str, Any]) -> dict[str, Any]:

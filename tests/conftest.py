@@ -146,15 +146,19 @@ def spark_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         state_store="duckdb:///unused.duckdb",
         _env_file=None,
     )
-    ensure_local_server(settings)
+    _SPARK_URLS[env["NUDGE_SPARK_CONNECT_PORT"]] = ensure_local_server(settings)
     try:
         yield env
     finally:
         stop_local_server(settings)
 
 
+_SPARK_URLS: dict[str, str] = {}  # port -> the session server's Connect URL (with its token)
+
+
 def spark_connect_url(spark_server: dict[str, str]) -> str:
-    return f"sc://127.0.0.1:{spark_server['NUDGE_SPARK_CONNECT_PORT']}"
+    """The shared server as a cluster is named: `sc://localhost:PORT/;token=...`."""
+    return _SPARK_URLS[spark_server["NUDGE_SPARK_CONNECT_PORT"]]
 
 
 @pytest.fixture

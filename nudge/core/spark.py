@@ -6,7 +6,10 @@ one catalog. `sc://HOST:PORT` names a server someone else runs (Databricks, EMR,
 your own). `spark://local[N]` is an embedded Spark: Nudge starts a Spark Connect server from the
 `pyspark` package itself, bound to 127.0.0.1, keeping its tables (Parquet) and its metastore
 (Derby) under NUDGE_SPARK_DIR, and leaves it running for the next command, as a database server
-would be; `stop_local_server` (and `nudge spark stop`) ends it.
+would be; `stop_local_server` (and `nudge spark stop`) ends it. It takes only clients that show
+its token: a random one made at each start, kept in NUDGE_SPARK_DIR/server.token (mode 0600), so
+another user of the machine cannot use the port (Spark SQL reads and writes files as Nudge's
+user).
 
 pyspark is the optional extra `nudge[spark]`; nothing here imports it until Spark is asked for.
 """
@@ -18,6 +21,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -83,6 +87,32 @@ def local_server_conf(settings: Settings, master: str) -> dict[str, str]:
     }
 
 
+TOKEN_FILE = "server.token"
+
+
+def _new_token(home: Path) -> str:
+    """A fresh token for the server about to start, readable by this user only."""
+    token = secrets.token_urlsafe(32)
+    path = home / TOKEN_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
+
+
+def _local_remote(home: Path, port: int) -> str:
+    """The embedded server's Connect URL, with its token.
+
+    "localhost", not 127.0.0.1: pyspark sends a token over plain TCP only to localhost (gRPC's
+    local credentials); to any other host it insists on TLS, which the server does not speak."""
+    try:
+        token = (home / TOKEN_FILE).read_text().strip()
+    except FileNotFoundError:  # a server started by a Nudge before tokens
+        token = ""
+    return f"sc://localhost:{port}/;token={token}" if token else f"sc://localhost:{port}"
+
+
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -103,8 +133,9 @@ def _start_lock(home: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-# What the embedded server's JVM inherits: what Spark needs, never Nudge's credentials. It has
-# no login, and Spark SQL reads its own environment (reflect('java.lang.System', 'getenv', ..)).
+# What the embedded server's JVM inherits: what Spark needs, never Nudge's credentials. Whoever
+# holds its token runs Spark SQL, which reads the JVM's environment (reflect('java.lang.System',
+# 'getenv', ..)): a leak of the token must not become a leak of the SMTP password.
 _SERVER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TMPDIR", "TZ")
 _SERVER_ENV_PREFIXES = ("LC_", "JAVA_", "_JAVA_", "JDK_", "SPARK_", "PYSPARK_", "HADOOP_")
 
@@ -126,11 +157,10 @@ def ensure_local_server(settings: Settings) -> str:
     assert url.spark_master is not None
     port = settings.spark_connect_port
     home = settings.spark_dir.resolve()
-    remote = f"sc://127.0.0.1:{port}"
     # The port answers for our server only while the process in server.pid runs (a port is
     # bound once): a pid file alone would hand the warehouse to whatever took the port since.
     if _answers(port) and _server_pid(home) is not None:
-        return remote
+        return _local_remote(home, port)
     with _start_lock(home):
         if _answers(port):
             if _server_pid(home) is None:
@@ -138,7 +168,7 @@ def ensure_local_server(settings: Settings) -> str:
                     f"NUDGE_SPARK_CONNECT_PORT={port}: something else listens there; "
                     "choose another port for the embedded Spark"
                 )
-            return remote
+            return _local_remote(home, port)
         if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
             raise ConfigError(
                 "NUDGE_WAREHOUSE=spark://...: the embedded Spark needs Java 17 or newer "
@@ -153,6 +183,8 @@ def ensure_local_server(settings: Settings) -> str:
             **server_environment(),
             "SPARK_HOME": str(spark_home),
             "PYSPARK_PYTHON": sys.executable,
+            # In the environment, not a --conf: a command line is readable by every user.
+            "SPARK_CONNECT_AUTHENTICATE_TOKEN": _new_token(home),
         }
         log.info("starting the embedded Spark (%s) on 127.0.0.1:%s", url.spark_master, port)
         with log_path.open("ab") as out:
@@ -179,12 +211,12 @@ def ensure_local_server(settings: Settings) -> str:
                     f"{START_TIMEOUT_S:.0f} s; see {log_path}"
                 )
             time.sleep(0.25)
-    return remote
+    return _local_remote(home, port)
 
 
 @dataclass(frozen=True)
 class LocalServer:
-    """The embedded Spark's server as `nudge spark status` shows it (it has no token)."""
+    """The embedded Spark's server as `nudge spark status` shows it (never its token)."""
 
     folder: Path
     port: int
@@ -232,6 +264,7 @@ def stop_local_server(settings: Settings) -> bool:
     home = settings.spark_dir.resolve()
     pid = _server_pid(home)
     (home / "server.pid").unlink(missing_ok=True)
+    (home / TOKEN_FILE).unlink(missing_ok=True)
     if pid is None:
         return False
     close_sessions()  # before the server goes: see close_sessions

@@ -3,9 +3,11 @@ the same exact emails over SMTP, line accounting and ledger counts as on DuckDB.
 
 Both ways to a Spark warehouse take turns, evaluation by evaluation, on one catalog: the
 embedded Spark (`spark://local[2]`, which Nudge finds running at its folder and port) and the
-same server as a Spark Connect cluster (`sc://127.0.0.1:PORT`). Every boundary is crossed by one
-of the two and the state each leaves is read by the other; one pass instead of two keeps the
-suite inside CI's time (a Spark evaluation costs about a minute on 2 cores).
+same server as a Spark Connect cluster (`sc://localhost:PORT/;token=...` with the token the
+server keeps in its folder; pyspark sends a token over plain TCP to localhost only). Every
+boundary is crossed by one of the two and the state each leaves is read by the other; one pass
+instead of two keeps the suite inside CI's time (a Spark evaluation costs about a minute on 2
+cores).
 """
 
 from __future__ import annotations
