@@ -37,7 +37,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +129,18 @@ class Deployment:
         sql = "select entity_id from analytics.{}"
         out = {}
         if self.warehouse.startswith(("spark:", "sc:")):
-            from pyspark.sql import SparkSession
+            from nudge.core.settings import Settings
+            from nudge.core.spark import spark_session
 
-            port = self.extra["NUDGE_SPARK_CONNECT_PORT"]
-            spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
+            spark = spark_session(
+                Settings(
+                    warehouse=self.warehouse,
+                    state_store=self.extra["NUDGE_STATE_STORE"],
+                    spark_dir=self.extra["NUDGE_SPARK_DIR"],
+                    spark_connect_port=int(self.extra["NUDGE_SPARK_CONNECT_PORT"]),
+                    _env_file=None,
+                )
+            )
             for cohort in ("not_activated_7d", "too_many_4xx_7d"):
                 rows = spark.sql(sql.format(f"cohort_{cohort}")).collect()
                 out[cohort] = sorted(r[0] for r in rows)
@@ -394,7 +402,9 @@ def run_benchmark(
         )
     )
     long = Deployment(work / "long", long_landing, f"duckdb:///{work / 'long' / 'wh.duckdb'}", mem)
+    since = datetime.now(UTC)
     full = long.run(last_day)
+    full_steps = step_seconds(long.home, since)
     same = check_members("first evaluation", long.members(), fl.out["members"])
     rows.append(
         Row(
@@ -403,7 +413,7 @@ def run_benchmark(
             full.rss_mb,
             "floor",
             f"{full.seconds / fl.seconds:.2f}x",
-            f"members identical: {same}",
+            f"members identical: {same}; steps: {where(full_steps)}",
         )
     )
 
@@ -412,7 +422,9 @@ def run_benchmark(
 
     # 3. One incremental day after 60 and after 10 days of history.
     land(held_long, long_landing)
+    since = datetime.now(UTC)
     inc60 = long.run(new_day)
+    inc60_steps = step_seconds(long.home, since)
     fl61 = step(
         "floor",
         landing=str(long_landing),
@@ -435,7 +447,7 @@ def run_benchmark(
             inc60.rss_mb,
             f"{SHORT_DAYS} days",
             f"{inc60.seconds / inc10.seconds:.2f}x",
-            f"members identical to the floor: {same61}",
+            f"members identical to the floor: {same61}; steps: {where(inc60_steps)}",
         )
     )
 
@@ -475,20 +487,24 @@ def run_benchmark(
     return rows
 
 
-def step_seconds(home: Path) -> dict[str, float]:
-    """Where the last `nudge run` of this deployment spent its time: seconds per Dagster step."""
+def where(steps: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
+
+
+def step_seconds(home: Path, since: datetime) -> dict[str, float]:
+    """Where a `nudge run` of this deployment spent its time: seconds per Dagster step, over
+    every run it launched (ingestion, the evaluation, each campaign's sends) since `since`."""
     import dagster as dg
 
     os.environ["DAGSTER_HOME"] = str(home / "dagster_home")
-    with dg.DagsterInstance.get() as instance:
-        runs = instance.get_runs(limit=1)
-        stats = instance.get_run_step_stats(runs[0].run_id) if runs else []
     times: dict[str, float] = {}
-    for st in stats:
-        if st.start_time and st.end_time:
-            # Per-campaign steps (evaluate__<campaign>...) add up under their kind.
-            kind = st.step_key.split("__")[0]
-            times[kind] = times.get(kind, 0.0) + st.end_time - st.start_time
+    with dg.DagsterInstance.get() as instance:
+        for run in instance.get_runs(filters=dg.RunsFilter(created_after=since)):
+            for st in instance.get_run_step_stats(run.run_id):
+                if st.start_time and st.end_time:
+                    # Per-campaign steps (evaluate__<campaign>...) add up under their kind.
+                    kind = st.step_key.split("__")[0]
+                    times[kind] = times.get(kind, 0.0) + st.end_time - st.start_time
     return dict(sorted(times.items(), key=lambda kv: -kv[1])[:5])
 
 
@@ -525,20 +541,19 @@ def spark_evaluation(
     spark = Deployment(work / "spark", landing, "spark://local[2]", mem, extra)
     start = step("spark_start", **{k.lower(): v for k, v in extra.items()})
     try:
+        since = datetime.now(UTC)
         first = spark.run(day)
-        first_steps = step_seconds(spark.home)
+        first_steps = step_seconds(spark.home, since)
         same = check_members("Spark evaluation", spark.members(), first_floor)
         land(held, landing)
+        since = datetime.now(UTC)
         inc = spark.run(day + timedelta(days=1))
-        inc_steps = step_seconds(spark.home)
+        inc_steps = step_seconds(spark.home, since)
         same_inc = check_members("Spark incremental day", spark.members(), inc_floor)
     finally:
         step("spark_stop", **{k.lower(): v for k, v in extra.items()})
         admin.cursor().execute(f'drop database if exists "{name}" with (force)')
         admin.close()
-
-    def where(steps: dict[str, float]) -> str:
-        return ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
 
     return [
         Row("embedded Spark start (JVM, Connect)", start.seconds, start.rss_mb),
