@@ -22,6 +22,16 @@ def pytest_configure(config: pytest.Config) -> None:
     keep_sigterm_effective()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the groups into node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for `pytest -n 2 --dist loadgroup` (`make test`): every Spark test in one group, so
+    one worker starts the session's Spark server (a JVM that wants both cores); every other test
+    with the rest of its file, so a module's set-up (a dbt build, a Dagster instance) runs once."""
+    for item in items:
+        group = "spark" if item.get_closest_marker("spark") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def _postgres_up() -> bool:
     try:
         with socket.create_connection((PG_HOST, PG_PORT), timeout=1):
