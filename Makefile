@@ -27,12 +27,12 @@ install-spark: $(SPARK_STAMP)
 demo: install
 	$(BIN)/nudge demo
 
-# Two workers (CI has 2 cores): the Spark tests on one, file by file (tests/conftest.py).
+# Two workers (CI has 2 cores), file by file; the Spark files all on one (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: install-spark
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/pytest -m "not integration and not postgres and not browser and not spark"

@@ -8,6 +8,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -22,14 +23,43 @@ def pytest_configure(config: pytest.Config) -> None:
     keep_sigterm_effective()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the groups into node ids
+# The files with a Spark test. Under `make test` (`pytest -n 2 --dist loadfile`) one worker runs
+# them all, one after the other, so the session's Spark server (a JVM that wants both cores)
+# starts once; every other file goes whole to whichever worker is free.
+SPARK_FILES = frozenset(
+    {
+        "tests/core/test_spark_server.py",
+        "tests/dbt/test_dbt_models.py",
+        "tests/e2e/test_acceptance_spark.py",
+        "tests/email/test_state_split.py",
+        "tests/ingest/test_ingest_spark.py",
+    }
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for `pytest -n 2 --dist loadgroup` (`make test`): every Spark test in one group, so
-    one worker starts the session's Spark server (a JVM that wants both cores); every other test
-    with the rest of its file, so a module's set-up (a dbt build, a Dagster instance) runs once."""
     for item in items:
-        group = "spark" if item.get_closest_marker("spark") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        path = item.nodeid.split("::", 1)[0]
+        if item.get_closest_marker("spark") and path not in SPARK_FILES:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a Spark test in a file not in SPARK_FILES (tests/conftest.py)"
+            )
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile, with SPARK_FILES as one scope (xdist_group cannot do it: pytest 9 keeps
+    a node's id where xdist 3.8 no longer finds it)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SparkFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "spark" if path in SPARK_FILES else path
+
+    return SparkFilesTogether(config, log)
 
 
 def _postgres_up() -> bool:
