@@ -247,34 +247,49 @@ def test_the_embedded_server_inherits_no_credential(monkeypatch: pytest.MonkeyPa
     assert not set(secrets) & set(env)
 
 
+# Tries each URL of argv[1:] as a client would: "ok", or the error on one line.
+_CLIENT = """
+import sys
+from pyspark.sql.connect.session import SparkSession
+for url in sys.argv[1:]:
+    session = SparkSession.builder.remote(url).create()
+    try:
+        print("ok" if session.sql("select 1 as one").collect()[0].one == 1 else "wrong")
+    except Exception as exc:
+        print(" ".join(str(exc).split())[:500])
+    finally:
+        session.client.close()
+"""
+
+
 @pytest.mark.spark
 def test_the_embedded_server_takes_only_clients_with_its_token(
     spark_server: dict[str, str],
 ) -> None:
     """Another user of the machine can reach 127.0.0.1, not the token: without it (or with a
     wrong one) Spark answers nothing; the token is in a file only Nudge's user reads, and in no
-    command line (`ps` shows every user's)."""
-    from pyspark.errors.exceptions.connect import SparkConnectGrpcException
-    from pyspark.sql.connect.session import SparkSession as ConnectSession
-
+    command line (`ps` shows every user's). The clients run in their own process, as another
+    user's would (and a Connect session leaves process-wide state behind)."""
     from nudge.core.spark import TOKEN_FILE
 
     token_file = Path(spark_server["NUDGE_SPARK_DIR"]) / TOKEN_FILE
     assert token_file.stat().st_mode & 0o777 == 0o600
     token = token_file.read_text().strip()
     port = spark_server["NUDGE_SPARK_CONNECT_PORT"]
-    for url in (f"sc://localhost:{port}/;token=not-{token}", f"sc://localhost:{port}"):
-        stranger = ConnectSession.builder.remote(url).create()
-        try:
-            with pytest.raises(SparkConnectGrpcException, match=r"(?i)unauthenticated|token"):
-                stranger.sql("select 1").collect()
-        finally:
-            stranger.client.close()
-    ours = ConnectSession.builder.remote(f"sc://localhost:{port}/;token={token}").create()
-    try:
-        assert ours.sql("select 1 as one").collect()[0].one == 1
-    finally:
-        ours.client.close()
+    urls = [
+        f"sc://localhost:{port}/;token=not-{token}",
+        f"sc://localhost:{port}",
+        f"sc://localhost:{port}/;token={token}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_CONNECT_AUTHENTICATE_TOKEN"}
+    done = subprocess.run(
+        [sys.executable, "-c", _CLIENT, *urls],
+        capture_output=True, text=True, timeout=300, env=env, check=True,
+    )  # fmt: skip
+    wrong, missing, right = done.stdout.splitlines()
+    for refused in (wrong, missing):
+        assert "UNAUTHENTICATED" in refused.upper() or "token" in refused.lower(), refused
+    assert right == "ok"
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             assert token.encode() not in cmdline.read_bytes()
