@@ -37,6 +37,23 @@ SPARK_FILES = frozenset(
 )
 
 
+# The slowest files (minutes each on 2 cores), started first so that the two workers end
+# together rather than one finishing a long file alone. Only an order: a stale list costs time.
+SLOW_FILES = (
+    "tests/e2e/test_acceptance.py",
+    "tests/delivery/test_fault_injection.py",
+    "tests/orchestration/test_evaluation_lock.py",
+    "tests/e2e/test_add_a_cohort.py",
+    "tests/orchestration/test_dagster_postgres.py",
+    "tests/core/test_hostile_config.py",
+    "tests/e2e/test_outcomes_report.py",
+    "tests/orchestration/test_orchestration.py",
+    "tests/e2e/test_demo.py",
+    "tests/e2e/test_hostile_run.py",
+    "tests/dbt/test_incremental.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = item.nodeid.split("::", 1)[0]
@@ -44,6 +61,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(
                 f"{item.nodeid}: a Spark test in a file not in SPARK_FILES (tests/conftest.py)"
             )
+    if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
+        # The Spark files first (the longest scope), then the slow ones; a file stays whole.
+        rank = {path: n for n, path in enumerate((*sorted(SPARK_FILES), *SLOW_FILES))}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
