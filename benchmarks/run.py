@@ -119,9 +119,11 @@ class Deployment:
 
     def run(self, as_of: date) -> Measured:
         cmd = [sys.executable, "-m", "nudge.app.cli", "run", "--as-of", as_of.isoformat()]
+        since = datetime.now(UTC)
         m = measure(cmd, self.env())
         if not m.ok:
             raise SystemExit(f"nudge run --as-of {as_of} failed:\n{m.error}")
+        m.out["steps"] = step_seconds(self.home, since)  # where this run's time went
         print(f"  nudge run --as-of {as_of} ({self.home.name}): {m.seconds:.1f} s", flush=True)
         return m
 
@@ -402,9 +404,7 @@ def run_benchmark(
         )
     )
     long = Deployment(work / "long", long_landing, f"duckdb:///{work / 'long' / 'wh.duckdb'}", mem)
-    since = datetime.now(UTC)
     full = long.run(last_day)
-    full_steps = step_seconds(long.home, since)
     same = check_members("first evaluation", long.members(), fl.out["members"])
     rows.append(
         Row(
@@ -413,7 +413,7 @@ def run_benchmark(
             full.rss_mb,
             "floor",
             f"{full.seconds / fl.seconds:.2f}x",
-            f"members identical: {same}; steps: {where(full_steps)}",
+            f"members identical: {same}; steps: {where(full.out['steps'])}",
         )
     )
 
@@ -422,9 +422,7 @@ def run_benchmark(
 
     # 3. One incremental day after 60 and after 10 days of history.
     land(held_long, long_landing)
-    since = datetime.now(UTC)
     inc60 = long.run(new_day)
-    inc60_steps = step_seconds(long.home, since)
     fl61 = step(
         "floor",
         landing=str(long_landing),
@@ -447,7 +445,7 @@ def run_benchmark(
             inc60.rss_mb,
             f"{SHORT_DAYS} days",
             f"{inc60.seconds / inc10.seconds:.2f}x",
-            f"members identical to the floor: {same61}; steps: {where(inc60_steps)}",
+            f"members identical to the floor: {same61}; steps: {where(inc60.out['steps'])}",
         )
     )
 
@@ -541,14 +539,10 @@ def spark_evaluation(
     spark = Deployment(work / "spark", landing, "spark://local[2]", mem, extra)
     start = step("spark_start", **{k.lower(): v for k, v in extra.items()})
     try:
-        since = datetime.now(UTC)
         first = spark.run(day)
-        first_steps = step_seconds(spark.home, since)
         same = check_members("Spark evaluation", spark.members(), first_floor)
         land(held, landing)
-        since = datetime.now(UTC)
         inc = spark.run(day + timedelta(days=1))
-        inc_steps = step_seconds(spark.home, since)
         same_inc = check_members("Spark incremental day", spark.members(), inc_floor)
     finally:
         step("spark_stop", **{k.lower(): v for k, v in extra.items()})
@@ -563,7 +557,7 @@ def spark_evaluation(
             first.rss_mb,
             "DuckDB",
             f"{first.seconds / duck_first.seconds:.2f}x",
-            f"members identical: {same}; steps: {where(first_steps)}",
+            f"members identical: {same}; steps: {where(first.out['steps'])}",
         ),
         Row(
             f"incremental day on Spark, {HISTORY_DAYS} days",
@@ -571,7 +565,7 @@ def spark_evaluation(
             inc.rss_mb,
             "DuckDB",
             f"{inc.seconds / duck_inc.seconds:.2f}x",
-            f"members identical: {same_inc}; steps: {where(inc_steps)}",
+            f"members identical: {same_inc}; steps: {where(inc.out['steps'])}",
         ),
     ]
 
